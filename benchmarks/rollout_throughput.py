@@ -1,0 +1,118 @@
+"""Rollout throughput: tao_lab's decode loop vs transformers' generate, side by side in one run.
+
+Same model (the embedded SmolLM2-135M-Instruct, fp32, CPU), same prompts (4 tasks rendered with the
+few-shot template, ~250 tokens each), G = 8 samples per prompt, 128 new tokens, temperature 1.0,
+plain generation without tools. Both sides are forced to produce exactly 128 tokens per sequence
+(HF: min_new_tokens; tao_lab: ignore_eos), so the work is identical and tokens/s compare directly.
+Also measures this machine's fp32 matmul rate and the fraction of it each decode loop reaches.
+
+    .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--new-tokens 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from tao_lab.models import load_policy
+from tao_lab.rollout import RolloutConfig, generate
+from tao_lab.tasks import load_tasks, render_prompt
+
+RESULTS = Path(__file__).parent / "results" / "rollout_throughput.json"
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def flops_per_token(model, ctx: int) -> float:
+    """Forward FLOPs for one new token: 2 x (weight matmuls incl. lm_head) + attention over ctx."""
+    c = model.config
+    n_params = sum(p.numel() for p in model.parameters())  # tied embedding counted once = lm_head
+    attn = 4 * c.num_hidden_layers * c.num_attention_heads * c.head_dim * ctx
+    return 2 * n_params + attn
+
+
+def run_hf(model, tok, prompts, G, new_tokens, seed):
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                             max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             num_return_sequences=G, pad_token_id=tok.pad_token_id)
+    dt = time.perf_counter() - t
+    n_new = (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+    return n_new, dt
+
+
+def run_tao(model, tok, tasks, prompts, G, new_tokens, seed):
+    cfg = RolloutConfig(group_size=G, max_new_tokens=new_tokens, temperature=1.0, tools=False,
+                        ignore_eos=True, seed=seed)
+    t = time.perf_counter()
+    trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
+    dt = time.perf_counter() - t
+    return stats.sampled_tokens, dt
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--n-prompts", type=int, default=4)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    model, tok = load_policy("smollm2-135m", lora=False)
+    model.eval()
+    tasks = load_tasks("arith-L2", split="train", limit=args.n_prompts)
+    prompts = [render_prompt(tok, t, template="few_shot", protocol="fenced", n_demos=2) for t in tasks]
+    plen = [len(tok.encode(p, add_special_tokens=False)) for p in prompts]
+    gflops = matmul_gflops()
+    # warm-up both (first calls pay one-off allocation / trigger-table costs)
+    run_tao(model, tok, tasks, prompts, 2, 8, 0)
+    run_hf(model, tok, prompts[:1], 2, 8, 0)
+    rows = []
+    for rep in range(args.repeats):  # interleave so machine noise hits both sides alike
+        for name, fn in (("transformers.generate", lambda: run_hf(model, tok, prompts, args.group, args.new_tokens, rep)),
+                         ("tao_lab.rollout", lambda: run_tao(model, tok, tasks, prompts, args.group, args.new_tokens, rep))):
+            n_tok, dt = fn()
+            rows.append({"impl": name, "rep": rep, "tokens": n_tok, "seconds": dt, "tokens_per_s": n_tok / dt})
+            print(f"{name:24s} rep {rep}: {n_tok} tokens in {dt:6.2f} s = {n_tok / dt:7.1f} tok/s", flush=True)
+    ctx = sum(plen) / len(plen) + args.new_tokens / 2
+    fpt = flops_per_token(model, int(ctx))
+    summary = {}
+    for name in ("transformers.generate", "tao_lab.rollout"):
+        best = max(r["tokens_per_s"] for r in rows if r["impl"] == name)
+        summary[name] = {"tokens_per_s": best, "gflops": best * fpt / 1e9,
+                         "fraction_of_matmul_peak": best * fpt / 1e9 / gflops}
+    speedup = summary["tao_lab.rollout"]["tokens_per_s"] / summary["transformers.generate"]["tokens_per_s"]
+    result = {"settings": {"model": "smollm2-135m fp32", "n_prompts": args.n_prompts, "G": args.group,
+                           "new_tokens": args.new_tokens, "prompt_tokens": plen, "temperature": 1.0,
+                           "tools": False, "threads": torch.get_num_threads()},
+              "machine": {"platform": platform.platform(), "fp32_matmul_gflops": gflops,
+                          "torch": torch.__version__},
+              "runs": rows, "summary": summary, "speedup": speedup}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2))
+    print(f"\nprompt tokens {plen}; fp32 matmul {gflops:.1f} GFLOP/s; forward {fpt / 1e6:.0f} MFLOP/token")
+    print(f"{'impl':24s} {'tok/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
+    for name, s in summary.items():
+        print(f"{name:24s} {s['tokens_per_s']:8.1f} {s['gflops']:8.1f} {100 * s['fraction_of_matmul_peak']:6.1f}%")
+    print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
