@@ -1,0 +1,172 @@
+"""Rollout logic: every episode exit, both protocols, masks and gates, and exact per-token records."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from fakes import ByteTokenizer, ScriptedPolicy
+from tao_lab.rollout import RolloutConfig, generate
+from tao_lab.sandbox import SandboxConfig, SandboxPool
+
+
+@dataclass
+class T:
+    id: str
+    prompt: str
+    answer: str = ""
+    meta: dict = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with SandboxPool(max_workers=2, config=SandboxConfig(timeout_s=1.0)) as p:
+        yield p
+
+
+def run(scripts, pool, protocol="fenced", G=1, **kw):
+    tok = ByteTokenizer()
+    policy = ScriptedPolicy(tok, scripts, protocol=protocol)
+    tasks = [T(id=f"t{i}", prompt=p) for i, p in enumerate(scripts)]
+    cfg = RolloutConfig(group_size=G, protocol=protocol, backend="recompute", seed=0, **kw)
+    return generate(policy, tok, tasks, cfg, pool=pool, prompts=list(scripts))
+
+
+CODE = "```python\nprint(6 * 7)\n```"
+
+
+def test_boxed_answer_after_a_tool_call_ends_the_episode(pool):
+    (tr,), stats = run({"Q: 6*7?\n": [CODE, " so \\boxed{42}."]}, pool)
+    assert tr.finish_reason == "boxed" and not tr.truncated
+    assert tr.n_tool_calls == 1 and tr.tool_calls[0].valid and tr.tool_calls[0].stdout == "42\n"
+    assert "Code execution result: 42" in tr.text and tr.text.endswith("\\boxed{42}.")
+    assert stats.n_tool_calls == 1 and stats.finish == {"boxed": 1}
+
+
+def test_forced_tool_output_has_mask_zero_and_nothing_else_does(pool):
+    (tr,), _ = run({"Q: 6*7?\n": [CODE, " so \\boxed{42}."]}, pool)
+    tok = ByteTokenizer()
+    obs = tr.tool_calls[0].observation
+    start = len(CODE.encode())
+    assert tr.mask == [1] * start + [0] * len(obs.encode()) + [1] * (len(tr.mask) - start - len(obs.encode()))
+    forced = [t for t, m in zip(tr.token_ids, tr.mask) if m == 0]
+    assert tok.decode(forced) == obs
+    assert all(lp == 0.0 and h == 0.0 for lp, h, m in zip(tr.logprobs, tr.entropies, tr.mask) if m == 0)
+    assert tr.full_mask() == [0] * len(tr.prompt_ids) + tr.mask
+
+
+def test_post_tool_gate_marks_exactly_the_sampled_tokens_of_the_next_turn(pool):
+    (tr,), _ = run({"Q: 6*7?\n": [CODE, " so \\boxed{42}."]}, pool)
+    second_turn = [i for i, (m, turn) in enumerate(zip(tr.mask, tr.turn_idx)) if m == 1 and turn == 1]
+    assert [i for i, g in enumerate(tr.post_tool) if g] == second_turn
+    assert len(second_turn) == len(" so \\boxed{42}.") + 1  # + the end-of-sequence token
+
+
+def test_a_turn_with_neither_tool_call_nor_boxed_answer_is_a_void_turn(pool):
+    (tr,), _ = run({"Q: hi\n": ["I think it is forty-two."]}, pool)
+    assert tr.finish_reason == "void_turn" and tr.void_turn and tr.n_tool_calls == 0
+
+
+def test_boxed_answer_without_any_tool_call_ends_the_episode(pool):
+    (tr,), _ = run({"Q: 1+1\n": ["It is \\boxed{2}"]}, pool)
+    assert tr.finish_reason == "boxed" and tr.n_turns == 1 and not tr.void_turn
+
+
+def test_turn_budget_ends_the_episode_after_the_last_observation(pool):
+    (tr,), _ = run({"Q: loop\n": [CODE, CODE, CODE, "\\boxed{42}"]}, pool, max_turns=2)
+    assert tr.finish_reason == "max_turns" and tr.n_tool_calls == 2 and tr.n_turns == 2
+    assert tr.mask[-1] == 0  # the last observation is appended before stopping
+
+
+def test_token_budget_truncates_the_episode(pool):
+    (tr,), _ = run({"Q: long\n": ["word " * 50]}, pool, max_new_tokens=20)
+    assert tr.finish_reason == "token_budget" and tr.truncated and len(tr.token_ids) == 20
+
+
+def test_tool_timeout_is_recorded_as_a_failed_call_and_the_episode_goes_on(pool):
+    code = "```python\nwhile True:\n    pass\n```"
+    (tr,), _ = run({"Q: hang\n": [code, "\\boxed{0}"]}, pool)
+    call = tr.tool_calls[0]
+    assert call.status == "timeout" and not call.valid
+    assert tr.finish_reason == "boxed" and tr.n_turns == 2
+
+
+def test_boxed_answer_printed_by_the_tool_ends_the_episode(pool):
+    code = "```python\nprint('\\\\boxed{5}')\n```"
+    (tr,), _ = run({"Q: five\n": [code, "never written"]}, pool)
+    assert tr.finish_reason == "boxed" and tr.n_turns == 1 and "never" not in tr.text
+
+
+def test_tags_protocol_runs_python_tags_and_feeds_back_a_result_tag(pool):
+    (tr,), _ = run({"Q: 2\n": ["<python>print(1+1)</python>", " \\boxed{2}"]}, pool, protocol="tags")
+    assert tr.n_tool_calls == 1 and tr.tool_calls[0].stdout == "2\n"
+    assert "<result>" in tr.tool_calls[0].observation and tr.finish_reason == "boxed"
+
+
+def test_rows_of_different_tasks_in_one_batch_follow_their_own_scripts(pool):
+    scripts = {"Q: a\n": [CODE, "\\boxed{42}"], "Q: b\n": ["no tool"], "Q: c\n": ["x" * 100]}
+    trajs, stats = run(scripts, pool, G=2, max_new_tokens=80)
+    reasons = [t.finish_reason for t in trajs]
+    assert reasons == ["boxed", "boxed", "void_turn", "void_turn", "token_budget", "token_budget"]
+    assert [t.group_id for t in trajs] == [0, 0, 1, 1, 2, 2]
+    assert [t.sample_idx for t in trajs] == [0, 1, 0, 1, 0, 1]
+
+
+def test_invalid_rollout_config_names_the_field():
+    with pytest.raises(ValueError, match="top_p"):
+        RolloutConfig(top_p=0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Real models: recorded logprobs / entropies equal a teacher-forced forward over the final sequence
+
+
+def teacher_forced_check(model, trajs, temperature, atol):
+    from tao_lab.advantages import token_entropy, token_logprobs
+
+    for tr in trajs:
+        ids = torch.tensor([tr.full_ids()])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, :-1]             # position t predicts t+1
+        P = len(tr.prompt_ids)
+        targets = ids[:, 1:]
+        lp = token_logprobs(logits, targets, temperature=temperature)[0, P - 1:]
+        ent = token_entropy(logits, temperature=temperature)[0, P - 1:]
+        m = torch.tensor(tr.mask, dtype=torch.bool)
+        assert torch.allclose(lp[m], torch.tensor(tr.logprobs)[m], atol=atol)
+        assert torch.allclose(ent[m], torch.tensor(tr.entropies)[m], atol=atol)
+
+
+def test_tiny_model_records_match_a_teacher_forced_forward(tiny):
+    model, tok = tiny
+    tasks = [T("a", "x"), T("b", "y")]
+    prompts = ["Hello there, how are", "Compute 123 * 456 with python"]
+    cfg = RolloutConfig(group_size=3, max_new_tokens=24, temperature=0.7, seed=0, tools=False)
+    trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
+    assert stats.sampled_tokens == sum(t.n_sampled for t in trajs)
+    teacher_forced_check(model, trajs, 0.7, 1e-4)
+
+
+def test_kv_and_recompute_backends_sample_the_same_tokens(tiny):
+    model, tok = tiny
+    tasks = [T("a", "x"), T("b", "y")]
+    prompts = ["Hello there, how are", "Compute 123 * 456"]
+    out = {}
+    for backend in ("kv", "recompute"):
+        cfg = RolloutConfig(group_size=2, max_new_tokens=16, seed=3, tools=False, backend=backend)
+        out[backend] = [t.token_ids for t in generate(model, tok, tasks, cfg, prompts=prompts)[0]]
+    assert out["kv"] == out["recompute"]
+
+
+@pytest.mark.smoke
+def test_embedded_model_records_match_a_teacher_forced_forward_with_tool_calls(smol, pool):
+    from tao_lab.tasks import load_tasks
+
+    model, tok = smol
+    tasks = load_tasks("arith-L1", split="test", limit=2)
+    cfg = RolloutConfig(group_size=4, max_new_tokens=160, temperature=1.0, seed=0, template="few_shot")
+    trajs, stats = generate(model, tok, tasks, cfg, pool=pool)
+    assert stats.n_tool_calls > 0, "few-shot SmolLM2 should call the tool at least once in 8 episodes"
+    with_calls = [t for t in trajs if t.n_tool_calls]
+    assert any(0 in t.mask for t in with_calls)
+    teacher_forced_check(model, trajs, 1.0, 1e-3)
