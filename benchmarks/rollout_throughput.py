@@ -6,7 +6,7 @@ plain generation without tools. Both sides are forced to produce exactly 128 tok
 (HF: min_new_tokens; tao_lab: ignore_eos), so the work is identical and tokens/s compare directly.
 Also measures this machine's fp32 matmul rate and the fraction of it each decode loop reaches.
 
-    .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--new-tokens 128]
+    .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--new-tokens 128] [--threads N]
 """
 
 from __future__ import annotations
@@ -73,7 +73,12 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--n-prompts", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads for both sides (0 = torch's default). On a shared, busy machine "
+                         "1 avoids OpenMP spin-wait collapse; the ratio is what to read")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model, tok = load_policy("smollm2-135m", lora=False)
     model.eval()

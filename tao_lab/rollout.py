@@ -146,7 +146,11 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
             drop = sp.cumsum(-1) - sp > top_p                             # keep the smallest nucleus
             sp = sp.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, si, sp)
-        tok = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+        # inverse-CDF sampling: one uniform per row. torch.multinomial draws an exponential per
+        # vocabulary entry, which was ~10% of a decode step at batch 32.
+        cdf = probs.cumsum(-1)
+        u = torch.rand(probs.shape[0], 1, generator=gen) * cdf[:, -1:]
+        tok = torch.searchsorted(cdf, u).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy
 
 
