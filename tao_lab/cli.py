@@ -1,4 +1,4 @@
-"""`tao-lab` command line: fetch-model, rollout, demo (train / eval / report join as they land).
+"""`tao-lab` command line: fetch-model, rollout, train, resume, eval, report, demo.
 
 Each subcommand is a thin wrapper over library calls a notebook could make itself.
 """
@@ -6,7 +6,6 @@ Each subcommand is a thin wrapper over library calls a notebook could make itsel
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -64,38 +63,125 @@ def cmd_rollout(args) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
-    """The walkthrough, headless: the sandbox, then zero-shot vs few-shot rollouts on the embedded
-    model, saved as a run store with an HTML token view of one episode."""
-    from .models import load_policy
-    from .tokenview import token_view_html
-    from .rollout import RolloutConfig
-    from .sandbox import SandboxConfig, SandboxPool, run_code
-    from .tasks import load_tasks
+def _print_step(log) -> None:
+    m = log.metrics
+    extra = f" (skipped: {log.skip_reason})" if log.skipped else ""
+    print(f"step {log.step:3d} | reward {m.get('reward/mean', float('nan')):.3f} | accuracy "
+          f"{m.get('reward/accuracy', float('nan')):.2f} | tool success {m.get('tool/success_rate', float('nan')):.2f}"
+          f" | Filter-B drop {m.get('filter/b_drop_rate', 0):.2f} | {m['time/step_s']:.0f} s{extra}", flush=True)
 
-    out = Path(args.out)
-    res = run_code("print(sum(i * i for i in range(10**5)))")
-    print(f"sandbox: status={res.status} tier={res.tier} stdout={res.stdout.strip()!r} "
-          f"in {res.duration_s * 1000:.0f} ms")
-    model, tok = load_policy("smollm2-135m", lora=False)
-    model.eval()
-    tasks = load_tasks(args.tasks, split="test", limit=args.n)
-    lines, best = [], None
-    with SandboxPool(config=SandboxConfig(timeout_s=3.0)) as pool:
-        for step, template in enumerate(("zero_shot", "few_shot")):
-            cfg = RolloutConfig(group_size=args.group, max_new_tokens=args.max_new_tokens,
-                                template=template, seed=args.seed)
-            trajs, stats, rm = _rollout_run(model, tok, tasks, cfg, out, step, pool, template)
-            lines.append(_summary_line(template, trajs, stats, rm))
-            with_calls = [t for t in trajs if t.n_tool_calls]
-            if with_calls:
-                best = max(with_calls, key=lambda t: (t.reward or 0, t.n_valid_calls))
-    print("\n".join(lines))
-    if best is not None:
-        html = out / "episode.html"
-        html.write_text(token_view_html(best, tok, color_by="entropy", standalone=True))
-        print(f"token view of one episode: {html}")
-    print(f"run store: {out}  (read it back with tao_lab.records.RunStore)")
+
+def _eval_line(label: str, m: dict) -> str:
+    k = int(m["eval/k"])
+    return (f"{label:>8s}: avg@{k} {m[f'eval/avg@{k}']:.3f} | pass@{k} {m[f'eval/pass@{k}']:.3f} | "
+            f"tool used {m['tool/used_rate']:.2f} | tool success {m['tool/success_rate']:.2f} | "
+            f"{m['time/eval_s']:.0f} s")
+
+
+def cmd_train(args) -> int:
+    from .presets import make_config
+    from .trainer import Trainer
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"run.out_dir={args.out}")
+    if args.steps is not None:
+        overrides.append(f"run.steps={args.steps}")
+    try:
+        cfg = make_config(args.preset, args.method, overrides)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.run.out_dir)
+    if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        print(f"error: {out} already holds a run; continue it with `tao-lab resume {out}` or pass --out NEW_DIR",
+              file=sys.stderr)
+        return 2
+    print(f"{cfg.method} on {cfg.data.tasks} with {cfg.model.name}: {cfg.run.steps} steps -> {out}", file=sys.stderr)
+    with Trainer(cfg, out, on_step=_print_step if args.quiet_bar else None) as tr:
+        tr.train(progress=not args.quiet_bar)
+    print(f"run store: {out}  (report: tao-lab report {out})")
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from .trainer import Trainer
+
+    with Trainer.resume(args.run_dir, steps=args.steps, on_step=_print_step if args.quiet_bar else None) as tr:
+        print(f"resuming {args.run_dir} after step {tr.state.step} (target {tr.cfg.run.steps})", file=sys.stderr)
+        tr.train(progress=not args.quiet_bar)
+    print(f"run store: {args.run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .models import load_policy
+    from .rollout import RolloutConfig
+    from .tasks import load_tasks
+    from .evaluate import EvalConfig, evaluate, load_trained, save_eval
+
+    if args.run:
+        model, tok, cfg, step = load_trained(args.run)
+        rollout, label = cfg.rollout, args.label or f"step_{step:06d}"
+        where = Path(args.run)
+    else:
+        model, tok = load_policy(args.model, lora=False)
+        rollout, label, where = RolloutConfig(), args.label or "base", Path(args.out)
+    ecfg = EvalConfig(tasks=args.tasks, split=args.split, limit=args.n, k=args.k,
+                      max_new_tokens=args.max_new_tokens, seed=args.seed)
+    tasks = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
+    trajs, metrics = evaluate(model, tok, tasks, ecfg, rollout)
+    path = save_eval(where, label, trajs, metrics, config={"eval": ecfg.__dict__, "model": args.run or args.model})
+    print(_eval_line(label, metrics))
+    print(f"saved: {path}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run_dir, args.out)
+    print(path)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """`make demo`: a short TAO-RL run (cpu_demo) on the bundled tasks, a held-out evaluation before
+    and after, and a self-contained HTML report."""
+    from .models import fetch_model
+    from .presets import make_config
+    from .report import write_report
+    from .tasks import load_tasks
+    from .evaluate import EvalConfig, evaluate, save_eval
+    from .trainer import Trainer
+
+    t0 = time.perf_counter()
+    fetch_model()
+    overrides = [f"run.out_dir={args.out}", f"run.steps={args.steps}", f"seed={args.seed}"] \
+        + ([f"data.tasks={args.tasks}"] if args.tasks else []) + list(args.set or [])
+    cfg = make_config("cpu_demo", "tao", overrides)
+    out = Path(cfg.run.out_dir)
+    if out.exists():
+        import shutil
+        shutil.rmtree(out)   # the demo always starts fresh
+    ecfg = EvalConfig(tasks=cfg.data.eval_tasks or cfg.data.tasks, split=cfg.data.eval_split,
+                      limit=args.eval_n, k=args.eval_k, max_turns=cfg.rollout.max_turns,
+                      max_new_tokens=cfg.rollout.max_new_tokens)
+    held_out = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
+    with Trainer(cfg, out, on_step=_print_step) as tr:
+        print(f"TAO-RL demo: {cfg.model.name} + LoRA r={cfg.model.lora_r}, {cfg.data.tasks}, {cfg.run.steps} "
+              f"steps of {cfg.data.prompts_per_step} groups x G={cfg.rollout.group_size} -> {out}", flush=True)
+        lines = []
+        for label in ("before", "after"):
+            if label == "after":
+                tr.train()
+            trajs, m = evaluate(tr.model, tr.tok, held_out, ecfg, cfg.rollout, pool=tr.pool, reward=cfg.reward)
+            save_eval(out, f"step_{tr.state.step:06d}", trajs, m, config={"eval": ecfg.__dict__})
+            lines.append(_eval_line(label, m))
+            print(lines[-1], flush=True)
+    report = write_report(out)
+    print("\n".join(["", f"held-out {ecfg.tasks}/{ecfg.split}, {ecfg.limit} tasks x k={ecfg.k}:"] + lines))
+    print(f"\nreport: {report}\nrun store: {out}   ({time.perf_counter() - t0:.0f} s in all)")
     return 0
 
 
@@ -120,12 +206,46 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs/rollout")
     r.set_defaults(fn=cmd_rollout)
 
-    d = sub.add_parser("demo", help="headless walkthrough on the embedded model")
-    d.add_argument("--tasks", default="arith-L2")
-    d.add_argument("--n", type=int, default=8)
-    d.add_argument("--group", type=int, default=4)
-    d.add_argument("--max-new-tokens", type=int, default=256)
+    t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
+    t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
+    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code")
+    t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
+    t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
+    t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
+    t.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
+    t.set_defaults(fn=cmd_train)
+
+    rs = sub.add_parser("resume", help="continue a run from its newest complete checkpoint")
+    rs.add_argument("run_dir")
+    rs.add_argument("--steps", type=int, default=None, help="new total number of steps (default: the run's)")
+    rs.add_argument("--quiet-bar", action="store_true")
+    rs.set_defaults(fn=cmd_resume)
+
+    e = sub.add_parser("eval", help="Avg@k / Pass@k and tool telemetry on held-out tasks, saved as a run")
+    e.add_argument("--run", default=None, help="a training run folder: evaluate its newest checkpoint")
+    e.add_argument("--model", default="smollm2-135m", help="without --run: a model to evaluate as it is")
+    e.add_argument("--tasks", default="arith-L2")
+    e.add_argument("--split", default="test")
+    e.add_argument("--n", type=int, default=16, help="number of tasks")
+    e.add_argument("--k", type=int, default=4, help="samples per task")
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--label", default=None, help="name of the saved evaluation (default: step_NNNNNN / base)")
+    e.add_argument("--out", default="runs/eval", help="without --run: where to save")
+    e.set_defaults(fn=cmd_eval)
+
+    rp = sub.add_parser("report", help="write one self-contained HTML page for a run")
+    rp.add_argument("run_dir")
+    rp.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
+    rp.set_defaults(fn=cmd_report)
+
+    d = sub.add_parser("demo", help="short TAO-RL run on the embedded model with eval before/after + report")
+    d.add_argument("--tasks", default=None, help="task set (default: cpu_demo's, arith-L3)")
+    d.add_argument("--steps", type=int, default=6)
+    d.add_argument("--eval-n", type=int, default=8, help="held-out tasks evaluated before and after")
+    d.add_argument("--eval-k", type=int, default=4, help="samples per held-out task")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
     d.add_argument("--out", default="runs/demo")
     d.set_defaults(fn=cmd_demo)
     return p

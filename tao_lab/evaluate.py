@@ -1,0 +1,85 @@
+"""Held-out evaluation: Avg@k / Pass@k and tool telemetry, saved as a run (METHODS.md §7).
+
+`evaluate` rolls out k samples per task with the policy as it is (an adapter included), scores them,
+and reports Avg@k, unbiased Pass@1 and Pass@k (advantages.pass_at_k_mean) and the same tool
+telemetry as a training step. `save_eval` stores it under run_dir/evals/<label>/ as its own run
+store (trajectories + one metrics line), which report.py reads; `load_trained` rebuilds the policy
+of a training run from its newest checkpoint.
+
+Not covered: greedy Maj@k voting, per-level breakdowns (group the stored trajectories by task id).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import filters as filters_mod
+from .advantages import pass_at_k_mean
+from .records import RunStore, Trajectory
+from .rewards import RewardConfig, score
+from .rollout import RolloutConfig
+from .trainer import config_from_dict, load_model, rollout_stage, telemetry
+
+@dataclass
+class EvalConfig:
+    """A held-out evaluation: k samples per task."""
+
+    tasks: str = "arith-L2"          # tasks.load_tasks source
+    split: str | None = "test"       # held-out split
+    limit: int | None = 16           # number of tasks (None = all)
+    k: int = 4                       # samples per task (Avg@k, Pass@1..k)
+    temperature: float = 1.0         # sampling temperature of the eval rollouts
+    max_turns: int = 5               # turn budget (papers: 10 at eval; 5 keeps CPU runs short)
+    max_new_tokens: int = 256        # completion budget
+    seed: int = 1234                 # sampling seed (same seed before and after training)
+
+
+def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfig, pool=None,
+             reward: RewardConfig | None = None, merge: bool = True) -> tuple[list[Trajectory], dict[str, float]]:
+    """Roll out k samples per task, score them; Avg@k, Pass@k (unbiased) and tool telemetry."""
+    rcfg = replace(rollout, group_size=cfg.k, temperature=cfg.temperature, max_turns=cfg.max_turns,
+                   max_new_tokens=cfg.max_new_tokens)
+    t0 = time.perf_counter()
+    trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge)
+    _, rmetrics = score(trajs, reward or RewardConfig())
+    by_task: dict[str, list[float]] = {}
+    for t in trajs:
+        by_task.setdefault(t.task_id, []).append(float(t.reward > 0))
+    n = [len(v) for v in by_task.values()]
+    c = [int(sum(v)) for v in by_task.values()]
+    fres = filters_mod.apply(trajs, filters_mod.FilterConfig(rules=()))
+    metrics = {"eval/n_tasks": len(by_task), "eval/k": cfg.k, f"eval/avg@{cfg.k}": float(np.mean([x for v in by_task.values() for x in v])),
+               **{f"eval/pass@{k}": pass_at_k_mean(n, c, k) for k in sorted({1, cfg.k})},
+               **rmetrics, **stats.as_metrics(), **telemetry(trajs, fres),
+               "time/eval_s": time.perf_counter() - t0}
+    return trajs, metrics
+
+
+def save_eval(run_dir: str | os.PathLike, label: str, trajs: list[Trajectory], metrics: dict,
+              config: dict | None = None) -> Path:
+    """Store an evaluation as its own run under run_dir/evals/<label>/ (report.py reads it)."""
+    store = RunStore(Path(run_dir) / "evals" / label)
+    if config is not None:
+        store.write_config(config)
+    store.write_step(0, trajs)
+    store.append_metrics({"step": 0, "label": label, **metrics})
+    return store.path
+
+
+def load_trained(run_dir: str | os.PathLike) -> tuple:
+    """(model, tokenizer, TrainConfig, step) with the newest checkpoint's adapter of a run."""
+    path = ckpt.latest_path(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
+    saved = ckpt.read_state(path)
+    cfg = config_from_dict(saved["config"])
+    model, tok = load_model(cfg.model, cfg.seed)
+    ckpt.load_adapter(model, path)
+    return model.eval(), tok, cfg, saved["step"]

@@ -1,0 +1,656 @@
+"""The readable GRPO / TAO-RL loop: sample prompts -> rollout -> reward -> filter -> advantage -> update.
+
+One `Trainer.step()` runs the stages below, each a named function a notebook can also call alone:
+
+    sample_prompts    which tasks this step rolls out: a seeded permutation per epoch read by a
+                      cursor (the checkpointed "data position"), ceil(B x oversample) prompts
+    rollout_stage     rollout.generate with a per-step seed (KV engine, eval mode, no grad)
+    score             rewards.score (or a `reward_fn` handed to the Trainer)
+    filters.apply     TAO-RL's filters + companions + refill to B groups, with reasons
+    compute_advantages   GRPO group advantage per advantage row (update.py)
+    update_policy     micro-batches, ONE training forward each for log-probs and entropy, entropy
+                      shaping, loss.policy_loss on Trajectory.full_mask() x filter weight, gradient
+                      accumulation, grad-norm clipping, one optimizer step per pass (update.py,
+                      whose docstring lists its choices: rollout log-probs as old log-probs, exact
+                      accumulation, KL via disable_adapter, prompt sharing)
+    telemetry         every metric of METHODS.md §7, stage timings and peak memory, per step
+
+Choices of the loop itself:
+  - Every stage's randomness derives from (TrainConfig.seed, step): a per-step rollout seed, a
+    per-step refill seed, a prompt stream read by a cursor. Resuming restores the cursor and the
+    RNG states, so a resumed run draws the prompts and samples the uninterrupted run would have.
+  - Steps whose filters leave nothing to train on are *skipped* and logged with the reason; the LR
+    schedule still advances (lr_t = lr_0 · γ^t counts trainer steps).
+  - Refill duplicates are trained as separate rows (one forward each), as in the authors' code.
+
+Checkpoints (tao_lab/checkpoint.py) are written every `save_every` steps, at the end, and on Ctrl-C /
+SIGTERM, atomically. The optimizer step and the bookkeeping after it form a critical section that a
+signal cannot cut in half: an interrupt arriving there is delivered right after it.
+
+Not covered: multi-GPU, sequence packing, vLLM, off-policy replay, value functions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import checkpoint as ckpt
+from . import filters as filters_mod
+from .advantages import ShapingConfig
+from .loss import LossConfig
+from .models import ModelConfig, finish_policy, load_policy, load_tokenizer, tiny_model
+from .records import RunStore, Trajectory
+from .rewards import RewardConfig, score
+from .rollout import RolloutConfig, RolloutStats, generate
+from .update import UpdateConfig, compute_advantages, update_policy
+
+TINY_MODEL = "tiny-random"  # ModelConfig.name that builds a tiny random Llama in-process (tests)
+
+# ----------------------------------------------------------------------------------------------
+# Config: one dataclass per stage, composed in TrainConfig
+
+
+@dataclass
+class DataConfig:
+    """Which tasks feed training and evaluation, and how many per step."""
+
+    tasks: str = "arith-L2"          # tasks.load_tasks source: bundled name, JSONL path or hf:...
+    split: str | None = "train"      # training split (None for a JSONL file)
+    eval_tasks: str | None = None    # held-out source; None = same as `tasks`
+    eval_split: str | None = "test"  # held-out split
+    limit: int | None = None         # use only the first N training tasks
+    prompts_per_step: int = 4        # B: groups per update (the refill target of the filters)
+    oversample: float = 1.0          # prompts rolled out per step = ceil(B · oversample) (code: 2-3)
+
+    def __post_init__(self):
+        if self.prompts_per_step < 1:
+            raise ValueError(f"DataConfig.prompts_per_step={self.prompts_per_step} must be >= 1")
+        if self.oversample < 1.0:
+            raise ValueError(f"DataConfig.oversample={self.oversample} must be >= 1 (1 = no oversampling)")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer over the adapter parameters and the learning-rate schedule."""
+
+    lr: float = 1e-5                 # lr_0
+    schedule: str = "constant"       # "constant" | "exponential" (ToolExpander: lr_t = lr_0 · γ^t)
+    gamma: float = 0.98              # γ of the exponential schedule, per trainer step [recon: paper gives none]
+    weight_decay: float = 0.0        # AdamW decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam moments
+    grad_clip: float = 1.0           # max global grad norm (TAO-RL code: 1.0); 0 = no clipping
+    optimizer: str = "auto"          # "adamw" | "paged_adamw_8bit" (bitsandbytes, CUDA) | "auto"
+
+    def __post_init__(self):
+        self.betas = tuple(self.betas)
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"OptimConfig.schedule={self.schedule!r}; choose from {list(SCHEDULES)}")
+        if self.optimizer not in ("auto", "adamw", "paged_adamw_8bit"):
+            raise ValueError(f"OptimConfig.optimizer={self.optimizer!r}; choose 'auto', 'adamw' or 'paged_adamw_8bit'")
+        if not self.lr > 0:
+            raise ValueError(f"OptimConfig.lr={self.lr} must be > 0")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"OptimConfig.gamma={self.gamma} must be in (0, 1]")
+        if self.grad_clip < 0:
+            raise ValueError(f"OptimConfig.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
+
+
+@dataclass
+class RunConfig:
+    """Length of the run, where it is stored, how often it is checkpointed."""
+
+    steps: int = 10                  # trainer steps in total (resume continues up to this)
+    out_dir: str = "runs/train"      # run store folder (config, metrics, steps, checkpoints)
+    save_every: int = 5              # checkpoint every N steps (and at the end, and on interrupt)
+    keep_checkpoints: int = 2        # newest complete checkpoints kept on disk
+    store_trajectories: bool = True  # write each step's trajectories (parquet) to the run store
+
+    def __post_init__(self):
+        if self.steps < 0 or self.save_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError(f"RunConfig: steps={self.steps} must be >= 0, save_every={self.save_every} "
+                             f"and keep_checkpoints={self.keep_checkpoints} >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; one field per stage. `seed` seeds every stage (see step_seed)."""
+
+    method: str = "tao"              # label only (presets.METHODS set the switches): grpo/simpletir/tao/tao_code
+    seed: int = 0                    # adapter init, task order, sampling and refill all derive from it
+    merge_for_rollout: bool = True   # sample from W + s·BA merged (3x fewer matmuls); base restored exactly after
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    filter: filters_mod.FilterConfig = field(default_factory=filters_mod.FilterConfig)
+    shaping: ShapingConfig = field(default_factory=ShapingConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+# The stage sections of TrainConfig and their dataclasses (used by config_from_dict and --set).
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "reward": RewardConfig,
+    "filter": filters_mod.FilterConfig, "shaping": ShapingConfig, "loss": LossConfig,
+    "optim": OptimConfig, "update": UpdateConfig, "run": RunConfig,
+}
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return asdict(cfg)
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    """Inverse of config_to_dict (lists become tuples where the dataclass wants them)."""
+    kw = {}
+    for f in fields(TrainConfig):
+        if f.name in SECTIONS:
+            kw[f.name] = SECTIONS[f.name](**d[f.name])
+        else:
+            kw[f.name] = d[f.name]
+    return TrainConfig(**kw)
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """A seed for one stream (1 rollout, 2 refill, ...) of one step: resumable, no shared RNG state."""
+    return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 31 - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1: which prompts
+
+
+def sample_prompts(n_tasks: int, cursor: int, k: int, seed: int) -> tuple[list[int], int]:
+    """k task indices read from position `cursor` of an endless stream; returns (indices, new cursor).
+
+    The stream is a fresh seeded permutation of range(n_tasks) per epoch, so every task is seen
+    once per epoch and the prompts of any step depend only on (seed, cursor): a resumed run that
+    restores the cursor draws exactly the prompts the uninterrupted run would have drawn.
+    """
+    if n_tasks < 1:
+        raise ValueError("no training tasks: check DataConfig.tasks / split / limit")
+    out = []
+    for pos in range(cursor, cursor + k):
+        epoch, i = divmod(pos, n_tasks)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_tasks)
+        out.append(int(perm[i]))
+    return out, cursor + k
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 2: rollout
+
+
+def can_merge(model) -> bool:
+    """A LoRA model whose adapter can be folded into its base weights exactly (not 4-bit ones)."""
+    if not hasattr(model, "base_model") or not hasattr(model.base_model, "merge_adapter"):
+        return False
+    return not any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
+
+
+@contextmanager
+def merged_adapter(model, enabled: bool = True):
+    """Sample from merged weights W + s·BA: one matmul per linear layer instead of three (base, A, B),
+    which on CPU more than halves a decode step of the embedded model. The base weights are copied
+    before and restored bit for bit after (peft's unmerge alone would leave W + Δ - Δ rounding)."""
+    if not (enabled and can_merge(model)):
+        yield False
+        return
+    bases = [m.base_layer.weight for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
+    saved = [w.detach().clone() for w in bases]
+    model.base_model.merge_adapter()
+    try:
+        yield True
+    finally:
+        model.base_model.unmerge_adapter()
+        with torch.no_grad():
+            for w, orig in zip(bases, saved):
+                w.copy_(orig)
+
+
+def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: int,
+                  group_offset: int = 0, merge: bool = False) -> tuple[list[Trajectory], RolloutStats]:
+    """generate() in eval mode with this step's seed (`merge`: from merged LoRA weights); the model
+    is left in eval mode."""
+    model.eval()
+    with torch.no_grad(), merged_adapter(model, merge):
+        return generate(model, tok, tasks, replace(cfg, seed=seed), pool=pool, group_offset=group_offset)
+
+
+# ----------------------------------------------------------------------------------------------
+# Telemetry (METHODS.md §7)
+
+
+def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[str, float]:
+    """Tool and filter telemetry of one step's rollouts."""
+    n = max(len(trajs), 1)
+    calls = sum(t.n_tool_calls for t in trajs)
+    valid = sum(t.n_valid_calls for t in trajs)
+    mask = np.concatenate([np.asarray(t.mask, dtype=bool) for t in trajs]) if trajs else np.zeros(0, bool)
+    gate = np.concatenate([np.asarray(t.post_tool, dtype=bool) for t in trajs]) if trajs else np.zeros(0, bool)
+    ent = np.concatenate([np.asarray(t.entropies, dtype=float) for t in trajs]) if trajs else np.zeros(0)
+    other = mask & ~gate
+    groups = max(fres.counts.get("filter/groups_in", 0), 1)
+    lengths = [t.n_sampled for t in trajs]
+    by_group: dict[int, list[float]] = {}
+    for t in trajs:
+        by_group.setdefault(t.group_id, []).append(float(t.reward or 0.0))
+    spread = [np.std(r, ddof=1) if len(r) > 1 else 0.0 for r in by_group.values()]
+    all_right = sum(s < 1e-3 and np.mean(r) > 0 for s, r in zip(spread, by_group.values()))
+    all_wrong = sum(s < 1e-3 and np.mean(r) <= 0 for s, r in zip(spread, by_group.values()))
+    n_groups = max(len(by_group), 1)
+    return {
+        # every group of the step, whatever the filters do (for GRPO this is what Filter B would drop)
+        "groups/all_correct_rate": all_right / n_groups,
+        "groups/all_wrong_rate": all_wrong / n_groups,
+        "groups/degenerate_rate": (all_right + all_wrong) / n_groups,
+        "tool/calls_per_traj": calls / n,
+        "tool/used_rate": sum(t.n_tool_calls > 0 for t in trajs) / n,
+        "tool/success_rate": valid / calls if calls else float("nan"),
+        "tool/all_failed_rate": sum(t.n_tool_calls > 0 and t.n_valid_calls == 0 for t in trajs) / n,
+        "tool/void_turn_rate": sum(t.void_turn for t in trajs) / n,
+        "tool/truncated_rate": sum(t.truncated for t in trajs) / n,
+        "filter/b_drop_rate": (fres.counts.get("filter_b/all_correct", 0) + fres.counts.get("filter_b/all_wrong", 0)) / groups,
+        "filter/b_all_correct_rate": fres.counts.get("filter_b/all_correct", 0) / groups,
+        "filter/b_all_wrong_rate": fres.counts.get("filter_b/all_wrong", 0) / groups,
+        "entropy/gate_coverage": float(gate.sum()) / max(float(mask.sum()), 1.0),
+        "entropy/post_tool_mean": float(ent[gate].mean()) if gate.any() else float("nan"),
+        "entropy/other_mean": float(ent[other].mean()) if other.any() else float("nan"),
+        "entropy/sampled_mean": float(ent[mask].mean()) if mask.any() else float("nan"),
+        "rollout/sampled_len_mean": float(np.mean(lengths)) if lengths else 0.0,
+    }
+
+
+def trajectory_columns(trajs: list[Trajectory], fres: filters_mod.FilterResult,
+                       adv_all: torch.Tensor) -> dict[str, list]:
+    """Per-trajectory filter decisions for the run store: keep, reason, loss weight, rows, advantage."""
+    n = len(trajs)
+    reason = ["ok"] * n
+    for r in fres.decisions.itertuples():
+        if reason[r.traj] == "ok" and r.reason != "ok":
+            reason[r.traj] = f"{r.rule}:{r.reason}"
+    rows = [0] * n
+    weight = [0.0] * n
+    adv = [float("nan")] * n
+    for k, (i, w) in enumerate(zip(fres.index, fres.weights)):
+        rows[i] += 1
+        weight[i] = w
+        if math.isnan(adv[i]) and k < len(adv_all):
+            adv[i] = float(adv_all[k])
+    return {"keep": [r > 0 for r in rows], "filter_reason": reason, "loss_weight": weight,
+            "n_rows": rows, "advantage": adv}
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers: timing, memory, optimizer, schedule, versions
+
+
+class StageTimer:
+    """`with timer("rollout"): ...` accumulates seconds per stage name."""
+
+    def __init__(self):
+        self.s: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - t
+
+    def metrics(self) -> dict[str, float]:
+        return {f"time/{k}_s": v for k, v in self.s.items()} | {"time/step_s": sum(self.s.values())}
+
+
+def memory_metrics(device: torch.device) -> dict[str, float]:
+    """Peak resident memory of the process so far (Linux ru_maxrss is KiB) and, on CUDA, the step's peak."""
+    out = {"mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if device.type == "cuda":
+        out["mem/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
+
+
+def _constant(_: int) -> float:
+    return 1.0
+
+
+SCHEDULES: dict[str, Callable] = {
+    "constant": lambda opt, cfg: torch.optim.lr_scheduler.LambdaLR(opt, _constant),
+    "exponential": lambda opt, cfg: torch.optim.lr_scheduler.ExponentialLR(opt, cfg.gamma),  # lr_0·γ^t
+}
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig):
+    """AdamW on the adapter parameters; 8-bit paged AdamW (bitsandbytes) on CUDA when "auto"."""
+    kind = cfg.optimizer
+    on_cuda = params[0].device.type == "cuda"
+    if kind == "auto":
+        kind = "paged_adamw_8bit" if on_cuda else "adamw"
+    if kind == "paged_adamw_8bit":
+        if not on_cuda:
+            raise ValueError("OptimConfig.optimizer='paged_adamw_8bit' needs CUDA; use 'adamw' (or 'auto') on CPU")
+        import bitsandbytes as bnb
+        opt = bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return opt, SCHEDULES[cfg.schedule](opt, cfg)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "tao_lab"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_revision(start: Path | None = None) -> str:
+    """The checkout's commit id, read from .git without running git ("unknown" outside a clone)."""
+    p = (start or Path(__file__)).resolve()
+    for d in [p, *p.parents]:
+        git = d / ".git"
+        if git.is_dir():
+            try:
+                head = (git / "HEAD").read_text().strip()
+                if not head.startswith("ref: "):
+                    return head
+                ref = head[5:]
+                if (git / ref).exists():
+                    return (git / ref).read_text().strip()
+                for line in (git / "packed-refs").read_text().splitlines():
+                    if line.endswith(" " + ref):
+                        return line.split()[0]
+            except OSError:
+                return "unknown"
+            return "unknown"
+    return "unknown"
+
+
+def load_model(cfg: ModelConfig, seed: int):
+    """(model, tokenizer) with LoRA seeded by the run seed; ModelConfig.name="tiny-random" builds a
+    tiny random Llama with the embedded tokenizer, in-process (test_tiny preset)."""
+    mcfg = replace(cfg, seed=seed)
+    if cfg.name == TINY_MODEL:
+        if cfg.load_in_4bit:
+            raise ValueError("a 4-bit tiny model must be saved to a folder first: tiny_model(...)"
+                             ".save_pretrained(path), then ModelConfig(name=path, load_in_4bit=True)")
+        tok = load_tokenizer()
+        model = tiny_model(vocab_size=len(tok), seed=seed)
+        from .models import pick_device
+        return finish_policy(model.to(pick_device(cfg.device)), mcfg), tok
+    return load_policy(mcfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class StepLog:
+    """What the `on_step` callback receives after every step."""
+
+    step: int
+    metrics: dict[str, float]
+    trajs: list[Trajectory]
+    filter_result: filters_mod.FilterResult
+    skipped: bool
+    skip_reason: str = ""
+
+
+@dataclass
+class TrainState:
+    """What changes step to step (and goes into a checkpoint besides weights and optimizer)."""
+
+    step: int = 0                    # last completed step
+    cursor: int = 0                  # data position: next index in the prompt stream
+
+
+class Trainer:
+    """Holds model, optimizer, task list, sandbox pool and run store; `step()` runs the stages once.
+
+    model/tok/tasks may be handed in (a notebook that already loaded them); otherwise they are
+    loaded from the config. `reward_fn(trajs, step) -> (rewards, metrics)` replaces rewards.score
+    (tests use it to give a random tiny model a learnable signal); it must set traj.reward.
+    """
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike | None = None, *, model=None, tok=None,
+                 tasks: Sequence | None = None, reward_fn: Callable | None = None,
+                 on_step: Callable[[StepLog], None] | None = None, pool=None, write_config: bool = True):
+        self.cfg = cfg
+        self.store = RunStore(run_dir or cfg.run.out_dir)
+        if model is None:
+            model, tok = load_model(cfg.model, cfg.seed)
+        self.model, self.tok = model, tok
+        if tasks is None:
+            from .tasks import load_tasks
+            tasks = load_tasks(cfg.data.tasks, split=cfg.data.split, limit=cfg.data.limit)
+        self.tasks = list(tasks)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise ValueError("the model has no trainable parameters; load it with ModelConfig.lora=True")
+        self.optimizer, self.scheduler = make_optimizer(self.params, cfg.optim)
+        self.reward_fn = reward_fn
+        self.on_step = on_step
+        self.state = TrainState()
+        self.device = self.params[0].device
+        self._pool, self._own_pool = pool, pool is None
+        self._critical, self._pending_signal = False, None
+        self._rng_snapshot = ckpt.rng_state()
+        self.last_log: StepLog | None = None
+        if write_config:
+            self.store.write_config({"train": config_to_dict(cfg), "versions": versions(),
+                                     "git_revision": git_revision(), "n_train_tasks": len(self.tasks)})
+
+    # -- resources
+    @property
+    def pool(self):
+        if self._pool is None and self.cfg.rollout.tools:
+            from .sandbox import SandboxConfig, SandboxPool
+            self._pool = SandboxPool(config=SandboxConfig(timeout_s=self.cfg.rollout.tool_timeout_s))
+        return self._pool
+
+    def close(self):
+        if self._own_pool and self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one step
+    def step(self) -> StepLog:
+        cfg, s = self.cfg, self.state.step + 1
+        timer = StageTimer()
+        B = cfg.data.prompts_per_step
+        with timer("sample"):
+            idx, cursor = sample_prompts(len(self.tasks), self.state.cursor, math.ceil(B * cfg.data.oversample), cfg.seed)
+            tasks = [self.tasks[i] for i in idx]
+        with timer("rollout"):
+            trajs, rstats = rollout_stage(self.model, self.tok, tasks, cfg.rollout, self.pool,
+                                          step_seed(cfg.seed, s, 1), merge=cfg.merge_for_rollout)
+        with timer("reward"):
+            if self.reward_fn is not None:
+                _, rmetrics = self.reward_fn(trajs, s)
+            else:
+                _, rmetrics = score(trajs, cfg.reward, step=s)
+        with timer("filter"):
+            fcfg = replace(cfg.filter, target_groups=B, seed=step_seed(cfg.seed, s, 2))
+            fres = filters_mod.apply(trajs, fcfg)
+        with timer("advantage"):
+            batch, adv_all, ametrics = compute_advantages(trajs, fres, cfg.update.adv_std)
+        skip_reason = fres.skip_reason or ("" if batch.trajs else "no advantage row has a loss weight > 0")
+        umetrics: dict[str, float] = {}
+        with timer("update"):
+            if not skip_reason:
+                umetrics = update_policy(self.model, self.optimizer, batch, self.params, self._pad_id(),
+                                         cfg=cfg.update, shaping=cfg.shaping, loss=cfg.loss,
+                                         grad_clip=cfg.optim.grad_clip, temperature=cfg.rollout.temperature,
+                                         max_new_tokens=cfg.rollout.max_new_tokens)
+        with self._critical_section():   # commit: nothing below may be cut in half by a signal
+            lr = self.scheduler.get_last_lr()[0]
+            with warnings.catch_warnings():   # a skipped step advances the schedule without an optimizer step
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                self.scheduler.step()
+            self.state = TrainState(step=s, cursor=cursor)
+            metrics = {"step": s, "skipped": int(bool(skip_reason)), "lr": lr,
+                       "data/cursor": cursor, "data/epoch": cursor / len(self.tasks),
+                       **rstats.as_metrics(), **rmetrics, **fres.counts, **ametrics, **umetrics,
+                       **telemetry(trajs, fres), **timer.metrics(), **memory_metrics(self.device)}
+            if self.cfg.run.store_trajectories:
+                self.store.write_step(s, trajs, **trajectory_columns(trajs, fres, adv_all))
+            self.store.append_metrics(metrics)
+            self._rng_snapshot = ckpt.rng_state()
+            if s % cfg.run.save_every == 0 or s == cfg.run.steps:
+                self.save_checkpoint()
+        log = StepLog(s, metrics, trajs, fres, bool(skip_reason), skip_reason)
+        self.last_log = log
+        if self.on_step is not None:
+            self.on_step(log)
+        return log
+
+    def _pad_id(self) -> int:
+        return self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+
+    # -- many steps, with interrupt handling
+    def train(self, steps: int | None = None, progress: bool = False) -> list[StepLog]:
+        """Run until `steps` steps in total have completed (default cfg.run.steps).
+
+        Ctrl-C / SIGTERM: the step in flight is abandoned (never half-applied), a checkpoint of the
+        last completed step is written, and KeyboardInterrupt is re-raised.
+        """
+        target = self.cfg.run.steps if steps is None else steps
+        logs = []
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=target, initial=self.state.step, desc="train", unit="step")
+        with self._signals():
+            try:
+                while self.state.step < target:
+                    log = self.step()
+                    logs.append(log)
+                    if bar is not None:
+                        m = log.metrics
+                        bar.set_postfix(reward=f"{m.get('reward/mean', float('nan')):.3f}",
+                                        acc=f"{m.get('reward/accuracy', float('nan')):.2f}",
+                                        skipped=m["skipped"], refresh=False)
+                        bar.update(1)
+            except KeyboardInterrupt:
+                self.optimizer.zero_grad(set_to_none=True)
+                path = self.save_checkpoint()
+                print(f"\ninterrupted: checkpoint of step {self.state.step} at {path}; "
+                      f"continue with `tao-lab resume {self.store.path}`", file=sys.stderr)
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+        if self.state.step and ckpt.latest(self.store.path) != self.state.step:
+            self.save_checkpoint()
+        return logs
+
+    @contextmanager
+    def _critical_section(self):
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+            if self._pending_signal is not None:
+                self._pending_signal = None
+                raise KeyboardInterrupt
+
+    @contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM raise KeyboardInterrupt, deferred while in the critical section."""
+        import threading
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self._critical:
+                self._pending_signal = signum
+            else:
+                raise KeyboardInterrupt
+
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    # -- checkpoints
+    def save_checkpoint(self) -> Path:
+        return ckpt.save(self.store.path, self.state.step, model=self.model, optimizer=self.optimizer,
+                         scheduler=self.scheduler, rng=self._rng_snapshot,
+                         state=asdict(self.state), config=config_to_dict(self.cfg),
+                         keep=self.cfg.run.keep_checkpoints)
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, steps: int | None = None, **kw) -> "Trainer":
+        """Rebuild a Trainer from the newest complete checkpoint of `run_dir`.
+
+        The run's later metric lines and step files (written after that checkpoint, e.g. by a run
+        that crashed) are removed, so the resumed run rewrites them exactly once.
+        """
+        path = ckpt.latest_path(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
+                                    "start a new run with `tao-lab train` instead")
+        saved = ckpt.read_state(path)
+        cfg = config_from_dict(saved["config"])
+        if steps is not None:
+            cfg = replace(cfg, run=replace(cfg.run, steps=steps))
+        tr = cls(cfg, run_dir, write_config=False, **kw)
+        ckpt.load_into(path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
+        tr.state = TrainState(**saved["state"])
+        ckpt.set_rng_state(ckpt.read_rng(path))
+        tr._rng_snapshot = ckpt.rng_state()
+        _truncate_run(tr.store, tr.state.step)
+        return tr
+
+
+def _truncate_run(store: RunStore, step: int) -> None:
+    """Drop metric lines and step files after `step` (atomically rewrites metrics.jsonl)."""
+    from .records import _atomic_write_bytes
+    p = store.path / "metrics.jsonl"
+    if p.exists():
+        import json
+        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            _atomic_write_bytes(p, ("\n".join(kept) + "\n" if kept else "").encode())
+    for s in store.steps():
+        if s > step:
+            store.step_path(s).unlink()
+
+
+def frame_of_logs(logs: Sequence[StepLog]) -> pd.DataFrame:
+    """The step metrics of a list of StepLogs as one frame (what RunStore.metrics() reads back)."""
+    return pd.DataFrame([log.metrics for log in logs])
+

@@ -1,0 +1,184 @@
+"""Model-free recompute from stored rollouts, and the small frames the charts are drawn from."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from runstore_fixture import make_run_store, make_trajectories
+from tao_lab import explore
+from tao_lab.advantages import ShapingConfig, group_advantages
+from tao_lab.filters import FilterConfig
+
+
+@pytest.fixture(scope="module")
+def trajs():
+    return make_trajectories()
+
+
+def test_recompute_on_a_run_store_read_back_equals_recompute_on_the_originals(tmp_path, trajs):
+    stored = make_run_store(tmp_path / "run").read_step(0)
+    a, b = explore.recompute(trajs), explore.recompute(stored)
+    pd.testing.assert_frame_equal(a.shaped, b.shaped)
+    pd.testing.assert_frame_equal(a.trajectories, b.trajectories)
+
+
+def test_dropped_trajectories_have_no_advantage_and_say_which_rule_dropped_them(trajs):
+    t = explore.recompute(trajs).trajectories
+    assert t.loc[t["group_id"] == 1, "outcome"].eq("dropped: filter_b/all_correct").all()
+    assert t.loc[t["outcome"].str.startswith("dropped"), "advantage"].isna().all()
+    assert t.loc[t["outcome"] == "kept", "advantage"].notna().all()
+
+
+def test_kept_advantages_equal_group_advantages_of_the_surviving_members(trajs):
+    t = explore.recompute(trajs).trajectories
+    g0 = t[(t["group_id"] == 0) & t["advantage"].notna()]  # member 3 dropped by Filter A (drop mode)
+    expect, _ = group_advantages(torch.tensor(g0["reward"].tolist()), torch.zeros(len(g0), dtype=torch.long))
+    assert g0["advantage"].tolist() == pytest.approx(expect.tolist())
+
+
+def test_mask_mode_keeps_the_failed_member_in_the_group_statistics_with_weight_zero(trajs):
+    t = explore.recompute(trajs, FilterConfig(filter_a_mode="mask")).trajectories
+    m3 = t[(t["group_id"] == 0) & (t["sample_idx"] == 3)].iloc[0]
+    assert m3["weight"] == 0 and not math.isnan(m3["advantage"]) and m3["outcome"] == "weight 0: filter_a/masked"
+    g0 = t[t["group_id"] == 0]
+    expect, _ = group_advantages(torch.tensor(g0["reward"].tolist()), torch.zeros(4, dtype=torch.long))
+    assert g0["advantage"].tolist() == pytest.approx(expect.tolist())
+
+
+def test_post_tool_gate_leaves_the_advantage_of_ungated_tokens_unchanged(trajs):
+    s = explore.recompute(trajs, shaping_cfg=ShapingConfig(coef=0.5)).shaped
+    other = s[(s["gate"] == 0) & s["ratio"].notna()]
+    assert len(other) and np.allclose(other["ratio"], 1.0)
+    assert not np.allclose(s.loc[s["gate"] == 1, "ratio"].dropna(), 1.0)
+
+
+def test_zero_weight_tokens_are_outside_the_gate_and_have_no_ratio(trajs):
+    s = explore.recompute(trajs, FilterConfig(filter_a_mode="mask"), ShapingConfig(gate="all_tokens")).shaped
+    zero = s[s["loss_mask"] == 0]
+    assert len(zero) and (zero["gate"] == 0).all() and zero["ratio"].isna().all()
+
+
+def test_micro_batch_z_scope_makes_shaped_advantages_depend_on_micro_batch_size(trajs):
+    cfg = ShapingConfig(coef=0.2, z_scope="micro_batch")
+    one = explore.recompute(trajs, FilterConfig(rules=()), cfg).shaped["adv_shaped"]
+    split = explore.recompute(trajs, FilterConfig(rules=()), cfg, micro_batch=4).shaped["adv_shaped"]
+    assert not np.allclose(one, split)
+
+
+def test_trajectory_z_scope_does_not_depend_on_micro_batch_size(trajs):
+    cfg = ShapingConfig(coef=0.2, z_scope="trajectory")
+    one = explore.recompute(trajs, FilterConfig(rules=()), cfg).shaped["adv_shaped"]
+    split = explore.recompute(trajs, FilterConfig(rules=()), cfg, micro_batch=4).shaped["adv_shaped"]
+    assert np.allclose(one, split)
+
+
+def test_micro_batch_metrics_add_up_gated_tokens_over_micro_batches(trajs):
+    one = explore.recompute(trajs, FilterConfig(rules=())).metrics
+    split = explore.recompute(trajs, FilterConfig(rules=()), micro_batch=3).metrics
+    assert split["shaping/gated_tokens"] == one["shaping/gated_tokens"] and split["shaping/micro_batches"] == 7
+
+
+def test_first_sampled_token_after_tool_output_has_offset_zero_in_the_after_tool_segment(trajs):
+    tok = explore.token_table(trajs)
+    t0 = tok[tok["traj"] == 0]
+    first_after = t0[(t0["mask"] == 1) & (t0["turn"] == 1)].iloc[0]
+    last_forced = t0[t0["mask"] == 0]["pos"].max()
+    assert first_after["pos"] == last_forced + 1
+    assert first_after["offset"] == 0 and first_after["segment"] == explore.AFTER_TOOL
+
+
+def test_forced_tokens_have_no_offset(trajs):
+    tok = explore.token_table(trajs)
+    assert tok.loc[tok["mask"] == 0, "offset"].isna().all()
+
+
+def test_funnel_frame_counts_every_trajectory_entering_each_rule(trajs):
+    res = explore.recompute(trajs).result
+    f = explore.funnel_frame(res)
+    per_rule = f.groupby("rule")["n"].sum()
+    trajs_in = res.funnel.set_index("rule")["trajs_in"]
+    assert all(per_rule[r] == trajs_in[r] for r in per_rule.index)
+
+
+def test_funnel_frame_shows_refill_duplicates_as_added(trajs):
+    res = explore.recompute(trajs, FilterConfig(target_groups=4)).result
+    added = explore.funnel_frame(res).query("outcome == 'added'")
+    assert added["n"].sum() == res.funnel.set_index("rule").loc["refill", "trajs_out"] - \
+        res.funnel.set_index("rule").loc["refill", "trajs_in"] > 0
+
+
+def test_reward_spread_frame_labels_degenerate_groups(trajs):
+    spread = explore.reward_spread_frame(explore.recompute(trajs).trajectories)
+    status = spread.groupby("group_id")["group_status"].first().to_dict()
+    assert status == {0: "mixed", 1: "all correct", 2: "all wrong", 3: "mixed", 4: "mixed"}
+
+
+def test_entropy_by_offset_reports_the_spike_after_tool_output_in_the_fixture(trajs):
+    prof = explore.entropy_by_offset(explore.token_table(trajs), max_offset=4).set_index(["segment", "offset"])
+    assert prof.loc[(explore.AFTER_TOOL, 0), "mean"] > prof.loc[(explore.FIRST_TURN, 0), "mean"] + 0.5
+    assert prof["n"].min() > 0
+
+
+def test_heatmap_frame_widens_bins_to_stay_under_max_cells(trajs):
+    heat = explore.heatmap_frame(explore.token_table(trajs), max_cells=200)
+    assert len(heat) <= 200 and heat["width"].iloc[0] > 1
+
+
+def test_heatmap_frame_shows_an_even_subset_beyond_max_trajs_and_says_of_how_many(trajs):
+    heat = explore.heatmap_frame(explore.token_table(trajs), max_trajs=5)
+    assert heat["traj"].nunique() == 5 and heat["n_trajs_total"].iloc[0] == 20
+
+
+def test_trace_frame_bins_long_traces_and_rejects_unknown_trajectories(trajs):
+    tok = explore.token_table(trajs)
+    assert explore.trace_frame(tok, [0, 1], max_rows=40)["width"].iloc[0] > 1
+    with pytest.raises(ValueError, match=r"\[99\]"):
+        explore.trace_frame(tok, [0, 99])
+
+
+def test_tool_spans_cover_exactly_the_forced_tokens(trajs):
+    tok = explore.token_table(trajs)
+    spans = explore.tool_spans(tok)
+    covered = sum(spans["end"] - spans["start"])
+    assert covered == int((tok["mask"] == 0).sum())
+
+
+def test_ratio_histogram_fractions_sum_to_one_per_token_kind(trajs):
+    hist = explore.ratio_histogram(explore.recompute(trajs, shaping_cfg=ShapingConfig(coef=0.3)).shaped)
+    assert hist.groupby("tokens")["frac"].sum().tolist() == pytest.approx([1.0, 1.0])
+
+
+def test_shaped_trace_picks_a_row_with_gated_tokens_by_default(trajs):
+    tr = explore.shaped_trace(explore.recompute(trajs).shaped)
+    assert tr["gate"].sum() > 0 and set(tr["which"]) == {"A", "Ã"}
+
+
+def test_advantage_table_stacks_one_block_per_setting(trajs):
+    tab = explore.advantage_table(trajs, {"drop": FilterConfig(), "mask": FilterConfig(filter_a_mode="mask")})
+    assert tab.groupby("setting").size().to_dict() == {"drop": 20, "mask": 20}
+    assert set(tab.loc[tab["setting"] == "mask", "role"]) >= {"trains", "baseline only (weight 0)"}
+
+
+def test_metrics_long_melts_numeric_columns_and_rejects_a_missing_step_column():
+    m = pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "label": ["a", "b"]})
+    assert explore.metrics_long(m)["metric"].unique().tolist() == ["loss"]
+    with pytest.raises(ValueError, match="step"):
+        explore.metrics_long(m.drop(columns="step"))
+
+
+def test_recompute_with_no_surviving_group_returns_empty_shaped_frame_and_the_skip_reason(trajs):
+    degenerate = [t for t in trajs if t.group_id in (1, 2)]
+    ex = explore.recompute(degenerate)
+    assert ex.shaped.empty and ex.result.skip and "no group survived" in ex.result.skip_reason
+
+
+def test_entropy_by_offset_leaves_out_bins_with_too_few_tokens_and_keeps_the_band_non_negative(trajs):
+    tok = explore.token_table(trajs)
+    prof = explore.entropy_by_offset(tok, max_offset=200, min_count=5)
+    assert (prof["n"] >= 5).all() and (prof["lo"] >= 0).all()
+    assert prof["offset"].max() < explore.entropy_by_offset(tok, max_offset=200, min_count=1)["offset"].max()

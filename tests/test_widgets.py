@@ -1,0 +1,124 @@
+"""The live panel, headless: build it on a stored run, move controls, check what was recomputed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+
+import numpy as np
+import pytest
+
+from runstore_fixture import make_run_store
+from tao_lab import widgets
+from tao_lab.advantages import ShapingConfig
+from tao_lab.filters import FilterConfig
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    return make_run_store(tmp_path_factory.mktemp("run")).read_step(0)
+
+
+@pytest.fixture()
+def panel(stored):
+    return widgets.Panel(stored)
+
+
+def spec(chart) -> str:
+    return json.dumps(chart.to_dict(), sort_keys=True)
+
+
+def test_every_control_is_named_after_a_config_field():
+    names = {f.name for f in fields(FilterConfig)} | {f.name for f in fields(ShapingConfig)}
+    controls = widgets.filter_controls() | widgets.shaping_controls()
+    assert set(controls) <= names
+
+
+def test_controls_start_at_the_given_config_values():
+    c = widgets.shaping_controls(ShapingConfig(coef=0.05, gate="all_tokens"))
+    assert c["coef"].value == pytest.approx(0.05) and c["gate"].value == "all_tokens"
+
+
+def test_configs_from_controls_round_trip_the_defaults(panel):
+    assert panel.configs() == (FilterConfig(), ShapingConfig())
+
+
+def test_moving_the_coefficient_slider_recomputes_shaped_advantages_and_redraws_the_ratio_chart(panel):
+    before_adv = panel.state.shaped["adv_shaped"].to_numpy().copy()
+    before_chart, before_summary = spec(panel.charts["ratio"]), panel.summary.value
+    panel.controls["coef"].value = 0.5
+    assert panel.state.shaping_cfg.coef == pytest.approx(0.5)
+    assert not np.allclose(panel.state.shaped["adv_shaped"], before_adv)
+    assert spec(panel.charts["ratio"]) != before_chart and panel.summary.value != before_summary
+
+
+def test_removing_filter_b_from_the_rules_brings_degenerate_groups_back(panel):
+    rows = len(panel.state.result.index)
+    panel.controls["rules"].value = ["overlong", "void_turn", "filter_a"]
+    assert len(panel.state.result.index) > rows
+    assert "filter_b" not in panel.state.filter_cfg.rules
+
+
+def test_reordering_rules_changes_the_run_order_in_the_funnel(panel):
+    panel.controls["rules"].value = ["filter_a", "filter_b", "void_turn", "overlong"]
+    assert panel.state.result.funnel["rule"].tolist()[1:] == ["filter_a", "filter_b", "void_turn", "overlong"]
+
+
+def test_switching_filter_a_to_mask_mode_keeps_failed_members_with_weight_zero(panel):
+    panel.controls["filter_a_mode"].value = "mask"
+    t = panel.state.trajectories
+    assert (t.loc[t["all_tools_failed"] & t["advantage"].notna(), "weight"] == 0).all()
+    panel.controls["filter_a_strength"].value = 0.5
+    assert 0.5 in panel.state.result.weights
+
+
+def test_all_tokens_gate_reshapes_every_trainable_token(panel):
+    panel.controls["gate"].value = "all_tokens"
+    s = panel.state.shaped
+    assert (s.loc[s["loss_mask"] > 0, "gate"] == 1).all()
+
+
+def test_detach_toggle_changes_no_value_and_says_so(panel):
+    before = panel.state.shaped["adv_shaped"].to_numpy().copy()
+    panel.controls["detach"].value = False
+    assert np.array_equal(panel.state.shaped["adv_shaped"].to_numpy(), before)
+    assert "gradient" in panel.summary.value
+
+
+def test_additive_kind_uses_alpha_and_kappa_sliders(panel):
+    panel.controls["kind"].value = "additive"
+    a = panel.state.shaped["adv_shaped"].to_numpy().copy()
+    panel.controls["alpha"].value = 0.05
+    assert panel.state.shaping_cfg.alpha == pytest.approx(0.05)
+    assert not np.allclose(panel.state.shaped["adv_shaped"], a)
+
+
+def test_an_invalid_setting_is_reported_in_the_summary_and_keeps_the_last_charts(panel):
+    charts, refreshes = panel.charts, panel.n_refreshes
+    panel.controls["kind"].value = "additive"
+    charts, refreshes = panel.charts, panel.n_refreshes
+    panel.controls["kappa"].min = 0.5  # the slider itself stops at 1.1; a script can go lower
+    panel.controls["kappa"].value = 0.8
+    assert "invalid setting" in panel.summary.value and "kappa" in panel.summary.value
+    assert panel.charts is charts and panel.n_refreshes == refreshes
+
+
+def test_filters_left_with_nothing_to_train_on_say_why(stored):
+    p = widgets.Panel([t for t in stored if t.group_id in (1, 2)])
+    assert "nothing to train on" in p.summary.value and "ratio" not in p.charts
+
+
+def test_panel_rejects_unscored_trajectories_with_a_fix(stored):
+    from dataclasses import replace
+    with pytest.raises(ValueError, match="rewards.score"):
+        widgets.Panel([replace(t, reward=None) for t in stored])
+
+
+def test_filter_only_panel_has_no_shaping_controls(stored):
+    p = widgets.Panel(stored, sections=("filters",), charts=("funnel", "advantages"))
+    assert "coef" not in p.controls and set(p.charts) == {"funnel", "advantages"}
+
+
+def test_unknown_chart_name_is_rejected_with_the_known_names(stored):
+    with pytest.raises(ValueError, match="ratio"):
+        widgets.Panel(stored, charts=("sparkline",))
