@@ -122,3 +122,8 @@ def test_filter_only_panel_has_no_shaping_controls(stored):
 def test_unknown_chart_name_is_rejected_with_the_known_names(stored):
     with pytest.raises(ValueError, match="ratio"):
         widgets.Panel(stored, charts=("sparkline",))
+
+
+def test_filter_only_panel_summary_leaves_out_the_shaping_numbers(stored):
+    p = widgets.Panel(stored, sections=("filters",), charts=("funnel",))
+    assert "advantage rows" in p.summary.value and "gated" not in p.summary.value
