@@ -13,9 +13,12 @@ training forward/backward over the micro-batches. TRL's is timed with a TrainerC
 (on_step_begin -> on_step_end, generation happens inside it); tao_lab's around `Trainer.step()`.
 The first `--warmup` steps are not counted. Each side runs in its own child process of this one
 script run, so each reports its own peak RSS (ru_maxrss: model, optimizer, activations and all).
+Other processes on a shared machine make wall times drift: `--rounds 2` runs the pair twice in
+alternating order (tao, trl, trl, tao), the ratio uses median step times, and the CPU time per
+step (process_time) is reported beside the wall time.
 
     .venv/bin/python benchmarks/grpo_step_vs_trl.py            # prints a table, writes the JSON
-    .venv/bin/python benchmarks/grpo_step_vs_trl.py --steps 5  # more timed steps
+    .venv/bin/python benchmarks/grpo_step_vs_trl.py --rounds 2 --threads 1   # the saved result
 
 Differences that remain, stated: TRL's default loss is "dapo" (token-mean over the global batch)
 with a symmetric clip 0.2; tao_lab's here is token-mean with clip-higher 0.2/0.28 and dual clip 3 —
@@ -34,6 +37,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 SETTINGS = {
     "model": "smollm2-135m", "tasks": "arith-L2", "split": "train", "template": "few_shot", "n_demos": 2,
@@ -81,17 +86,19 @@ def run_tao_lab(warmup: int, steps: int) -> dict:
             t.reward = x
         return r, {"reward/mean": sum(r) / len(r)}
 
-    times, tokens = [], []
+    times, cpu, tokens = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tr = Trainer(cfg, tmp, reward_fn=reward_fn)
         rss_loaded = _rss_mb()
         for _ in range(n):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             log = tr.step()
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
             tokens.append(log.metrics["rollout/sampled_tokens"])
         tr.close()
-    return {"step_s": times[warmup:], "warmup_s": times[:warmup], "sampled_tokens_per_step": tokens[warmup:],
+    return {"step_s": times[warmup:], "step_cpu_s": cpu[warmup:], "warmup_s": times[:warmup],
+            "sampled_tokens_per_step": tokens[warmup:], "torch_threads": torch.get_num_threads(),
             "rss_after_load_mb": rss_loaded, "peak_rss_mb": _rss_mb(),
             "stage_s_last_step": {k: v for k, v in log.metrics.items() if k.startswith("time/")}}
 
@@ -115,14 +122,15 @@ def run_trl(warmup: int, steps: int) -> dict:
     def reward_fn(completions, **_):
         return [reward_of_text(c) for c in completions]
 
-    times, t0 = [], [0.0]
+    times, cpu, t0 = [], [], [0.0, 0.0]
 
     class Timer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            t0[0] = time.perf_counter()
+            t0[:] = [time.perf_counter(), time.process_time()]
 
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter() - t0[0])
+            cpu.append(time.process_time() - t0[1])
 
     lengths = []
 
@@ -147,12 +155,15 @@ def run_trl(warmup: int, steps: int) -> dict:
                               processing_class=tok, peft_config=lora, callbacks=[Timer(), Lengths()])
         rss_loaded = _rss_mb()
         trainer.train()
-    return {"step_s": times[warmup:], "warmup_s": times[:warmup],
+    return {"step_s": times[warmup:], "step_cpu_s": cpu[warmup:], "warmup_s": times[:warmup],
+            "torch_threads": torch.get_num_threads(),
             "sampled_tokens_per_step": [ln * s["prompts_per_step"] * s["group_size"] for ln in lengths[warmup:]],
             "rss_after_load_mb": rss_loaded, "peak_rss_mb": _rss_mb()}
 
 
-def _child(side: str, warmup: int, steps: int, out: str) -> None:
+def _child(side: str, warmup: int, steps: int, out: str, threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
     result = (run_tao_lab if side == "tao_lab" else run_trl)(warmup, steps)
     Path(out).write_text(json.dumps(result))
 
@@ -164,42 +175,59 @@ def main() -> int:
     ap.add_argument("--side", choices=["tao_lab", "trl"], help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in both children (default: torch's)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the pair this many times, order alternating (tao,trl), (trl,tao), ...: drifting "
+                         "load from other processes then hits both sides alike; per-step times are pooled")
     a = ap.parse_args()
     if a.side:
-        _child(a.side, a.warmup, a.steps, a.result)
+        _child(a.side, a.warmup, a.steps, a.result, a.threads)
         return 0
-    results, load = {}, {"start": os.getloadavg()}
-    for side in ("tao_lab", "trl"):
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-            tmp = f.name
-        t = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--side", side, "--warmup", str(a.warmup), "--steps",
-                        str(a.steps), "--result", tmp], check=True)
-        results[side] = json.loads(Path(tmp).read_text())
-        results[side]["process_wall_s"] = time.perf_counter() - t
-        os.unlink(tmp)
-        load[f"after_{side}"] = os.getloadavg()
+    results: dict[str, dict] = {}
+    load = {"start": os.getloadavg()}
+    for r in range(a.rounds):
+        for side in (("tao_lab", "trl") if r % 2 == 0 else ("trl", "tao_lab")):
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                tmp = f.name
+            t = time.perf_counter()
+            cmd = [sys.executable, __file__, "--side", side, "--warmup", str(a.warmup), "--steps", str(a.steps),
+                   "--result", tmp] + (["--threads", str(a.threads)] if a.threads else [])
+            subprocess.run(cmd, check=True)
+            one = json.loads(Path(tmp).read_text())
+            os.unlink(tmp)
+            one["process_wall_s"] = time.perf_counter() - t
+            load[f"round{r}_after_{side}"] = os.getloadavg()
+            if side not in results:
+                results[side] = {**one, "rounds": [one]}
+            else:
+                for k in ("step_s", "step_cpu_s", "warmup_s", "sampled_tokens_per_step"):
+                    results[side][k] = results[side][k] + one[k]
+                results[side]["peak_rss_mb"] = max(results[side]["peak_rss_mb"], one["peak_rss_mb"])
+                results[side]["rounds"].append(one)
     import statistics as st
     for r in results.values():
         r["mean_step_s"] = st.mean(r["step_s"])
+        r["median_step_s"] = st.median(r["step_s"])
+        r["mean_step_cpu_s"] = st.mean(r["step_cpu_s"])
     tao, trl = results["tao_lab"], results["trl"]
-    summary = {"step_time_ratio_tao_over_trl": tao["mean_step_s"] / trl["mean_step_s"],
+    summary = {"step_time_ratio_tao_over_trl": tao["median_step_s"] / trl["median_step_s"],
+               "step_cpu_ratio_tao_over_trl": tao["mean_step_cpu_s"] / trl["mean_step_cpu_s"],
                "peak_rss_ratio_tao_over_trl": tao["peak_rss_mb"] / trl["peak_rss_mb"],
                "target": "tao_lab step <= 0.5 x TRL's, peak RSS <= TRL's"}
     summary["meets_target"] = summary["step_time_ratio_tao_over_trl"] <= 0.5 and summary["peak_rss_ratio_tao_over_trl"] <= 1.0
-    import torch
-    doc = {"settings": SETTINGS, "warmup": a.warmup, "steps": a.steps, "results": results, "summary": summary,
+    doc = {"settings": SETTINGS, "warmup": a.warmup, "steps": a.steps, "rounds": a.rounds, "results": results, "summary": summary,
            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                        "load_average": load},
            "command": "python benchmarks/grpo_step_vs_trl.py " + " ".join(sys.argv[1:])}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=2))
-    print(f"\n{'':10s} {'mean step s':>12s} {'steps (s)':>28s} {'tokens/step':>12s} {'peak RSS MB':>12s}")
+    print(f"\n{'':10s} {'median step s':>13s} {'CPU s/step':>11s} {'steps (s)':>36s} {'tokens/step':>12s} {'peak RSS MB':>12s}")
     for side, r in results.items():
-        print(f"{side:10s} {r['mean_step_s']:12.1f} {' '.join(f'{x:.1f}' for x in r['step_s']):>28s} "
+        print(f"{side:10s} {r['median_step_s']:13.1f} {r['mean_step_cpu_s']:11.1f} {' '.join(f'{x:.1f}' for x in r['step_s']):>36s} "
               f"{st.mean(r['sampled_tokens_per_step']) if r['sampled_tokens_per_step'] else float('nan'):12.0f} "
               f"{r['peak_rss_mb']:12.0f}")
-    print(f"tao_lab / TRL: step time x{summary['step_time_ratio_tao_over_trl']:.2f}, peak RSS "
+    print(f"tao_lab / TRL: median step time x{summary['step_time_ratio_tao_over_trl']:.2f}, CPU time per step "
+          f"x{summary['step_cpu_ratio_tao_over_trl']:.2f}, peak RSS "
           f"x{summary['peak_rss_ratio_tao_over_trl']:.2f} (target <= 0.5 and <= 1.0: "
           f"{'met' if summary['meets_target'] else 'NOT met'}); load average {load}")
     print(f"saved {a.out}")

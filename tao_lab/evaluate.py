@@ -27,6 +27,7 @@ from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
 from .trainer import config_from_dict, load_model, rollout_stage, telemetry
 
+
 @dataclass
 class EvalConfig:
     """A held-out evaluation: k samples per task."""
@@ -49,15 +50,16 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
     t0 = time.perf_counter()
     trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge)
     _, rmetrics = score(trajs, reward or RewardConfig())
-    by_task: dict[str, list[float]] = {}
+    correct: dict[str, list[float]] = {}       # task -> 0/1 per sample (reward > 0 = verified answer)
     for t in trajs:
-        by_task.setdefault(t.task_id, []).append(float(t.reward > 0))
-    n = [len(v) for v in by_task.values()]
-    c = [int(sum(v)) for v in by_task.values()]
-    fres = filters_mod.apply(trajs, filters_mod.FilterConfig(rules=()))
-    metrics = {"eval/n_tasks": len(by_task), "eval/k": cfg.k, f"eval/avg@{cfg.k}": float(np.mean([x for v in by_task.values() for x in v])),
+        correct.setdefault(t.task_id, []).append(float(t.reward > 0))
+    n = [len(v) for v in correct.values()]
+    c = [int(sum(v)) for v in correct.values()]
+    no_filter = filters_mod.apply(trajs, filters_mod.FilterConfig(rules=()))   # telemetry needs a result
+    metrics = {"eval/n_tasks": len(correct), "eval/k": cfg.k,
+               f"eval/avg@{cfg.k}": float(np.mean([x for v in correct.values() for x in v])),
                **{f"eval/pass@{k}": pass_at_k_mean(n, c, k) for k in sorted({1, cfg.k})},
-               **rmetrics, **stats.as_metrics(), **telemetry(trajs, fres),
+               **rmetrics, **stats.as_metrics(), **telemetry(trajs, no_filter),
                "time/eval_s": time.perf_counter() - t0}
     return trajs, metrics
 

@@ -25,7 +25,10 @@ Presets:
     gpu_qlora   Qwen/Qwen2.5-1.5B-Instruct (needs the hub once), 4-bit NF4 + double quantisation,
                 LoRA on all linear layers, bf16 compute, gradient checkpointing, 8-bit paged AdamW.
                 Peak memory ≈ 4.7 GiB by `qlora_memory_estimate` (formula below): an 8 GB consumer GPU.
-    test_tiny   a tiny random Llama built in-process (ModelConfig.name="tiny-random"), seconds a step
+    test_tiny   a tiny random Llama built in-process (ModelConfig.name="tiny-random"), seconds a step.
+                A random model never stops, so every episode is overlong and real rewards are 0: with
+                the TAO-RL filters every step is skipped (and says why). Tests pass
+                `filter.rules=filter_b` and their own reward function (Trainer(reward_fn=...)).
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from .tokenview import token_view_html
 
 # Curves shown in the learning-curve panel, in this order, when the run logged them.
 CURVES = ["reward/mean", "reward/accuracy", "tool/used_rate", "tool/success_rate", "tool/void_turn_rate",
-          "filter/b_drop_rate", "entropy/post_tool_mean", "entropy/other_mean", "loss/policy",
+          "filter/b_drop_rate", "groups/degenerate_rate", "entropy/post_tool_mean", "entropy/other_mean", "loss/policy",
           "update/grad_norm", "loss/clip_high", "update/logp_rollout_diff_max", "lr"]
 # The "{rule}/{reason}" count columns that filters.apply writes (trajectories, or groups for group reasons).
 REASON_KEYS = [f"{name}/{reason}" for name, rule in RULES.items() for reason in rule.reasons]
@@ -59,6 +59,8 @@ def funnel_over_steps(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def funnel_steps_chart(df: pd.DataFrame) -> alt.Chart:
     """What did each filter rule drop or re-weight, step by step (one panel per rule)?"""
+    if df.empty:
+        raise ValueError("no filter rule dropped or re-weighted anything in this run, or no rule ran")
     return alt.Chart(df, title="Filter decisions per step (trajectories, or groups for group rules)").mark_bar().encode(
         x=alt.X("step:O", title="step"), y=alt.Y("n:Q", title="count"),
         color=alt.Color("reason:N", title="reason"), tooltip=["step:O", "rule:N", "reason:N", "n:Q"],
@@ -130,7 +132,7 @@ def _safe(fn, *args):
     try:
         return fn(*args), None
     except (ValueError, KeyError, TypeError) as e:
-        return None, f"{fn.__name__}: {type(e).__name__}: {e}"
+        return None, f"no chart: {e}"
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=None) -> Path:
@@ -176,7 +178,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
 
     def section(title: str, chart, note, text: str = "") -> None:
         nonlocal n
-        body = _chart_div(chart, n) if chart is not None else f"<p class='note'>(chart unavailable: {html.escape(note or '')})</p>"
+        body = _chart_div(chart, n) if chart is not None else f"<p class='note'>({html.escape(note or '')})</p>"
         n += 1
         blocks.append(f"<h2>{title}</h2>{text}{body}")
 

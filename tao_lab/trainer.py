@@ -24,8 +24,10 @@ Choices of the loop itself:
   - Refill duplicates are trained as separate rows (one forward each), as in the authors' code.
 
 Checkpoints (tao_lab/checkpoint.py) are written every `save_every` steps, at the end, and on Ctrl-C /
-SIGTERM, atomically. The optimizer step and the bookkeeping after it form a critical section that a
-signal cannot cut in half: an interrupt arriving there is delivered right after it.
+SIGTERM, atomically. From the first optimizer step of an update to the end of the step's bookkeeping
+(schedule, state, run store, checkpoint) a signal is deferred, so a step is never half-applied: an
+interrupt during the rollout or the forward/backward abandons the step, one after the optimizer
+step lets it finish first.
 
 Not covered: multi-GPU, sequence packing, vLLM, off-policy replay, value functions.
 """
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import resource
 import signal
 import sys
@@ -504,33 +507,48 @@ class Trainer:
             batch, adv_all, ametrics = compute_advantages(trajs, fres, cfg.update.adv_std)
         skip_reason = fres.skip_reason or ("" if batch.trajs else "no advantage row has a loss weight > 0")
         umetrics: dict[str, float] = {}
-        with timer("update"):
-            if not skip_reason:
-                umetrics = update_policy(self.model, self.optimizer, batch, self.params, self._pad_id(),
-                                         cfg=cfg.update, shaping=cfg.shaping, loss=cfg.loss,
-                                         grad_clip=cfg.optim.grad_clip, temperature=cfg.rollout.temperature,
-                                         max_new_tokens=cfg.rollout.max_new_tokens)
+        try:
+            with timer("update"):
+                if not skip_reason:
+                    # from the first optimizer step on, a signal waits until the step is committed
+                    umetrics = update_policy(self.model, self.optimizer, batch, self.params, self._pad_id(),
+                                             cfg=cfg.update, shaping=cfg.shaping, loss=cfg.loss,
+                                             grad_clip=cfg.optim.grad_clip, temperature=cfg.rollout.temperature,
+                                             max_new_tokens=cfg.rollout.max_new_tokens,
+                                             before_optimizer_step=self._begin_critical)
+            log = self._commit(s, cursor, trajs, fres, adv_all, skip_reason, metric_parts=(
+                rstats.as_metrics(), rmetrics, fres.counts, ametrics, umetrics), timer=timer)
+        finally:
+            self._critical = False       # an exception mid-step must not leave signals deferred
+        if self.on_step is not None:
+            self.on_step(log)
+        return log
+
+    def _begin_critical(self) -> None:
+        self._critical = True
+
+    def _commit(self, s, cursor, trajs, fres, adv_all, skip_reason, metric_parts, timer) -> StepLog:
+        """Advance the schedule and the state, write the step and maybe a checkpoint, uninterruptibly."""
+        cfg = self.cfg
         with self._critical_section():   # commit: nothing below may be cut in half by a signal
             lr = self.scheduler.get_last_lr()[0]
             with warnings.catch_warnings():   # a skipped step advances the schedule without an optimizer step
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 self.scheduler.step()
             self.state = TrainState(step=s, cursor=cursor)
             metrics = {"step": s, "skipped": int(bool(skip_reason)), "lr": lr,
-                       "data/cursor": cursor, "data/epoch": cursor / len(self.tasks),
-                       **rstats.as_metrics(), **rmetrics, **fres.counts, **ametrics, **umetrics,
-                       **telemetry(trajs, fres), **timer.metrics(), **memory_metrics(self.device)}
+                       "data/cursor": cursor, "data/epoch": cursor / len(self.tasks)}
+            for part in metric_parts:
+                metrics.update(part)
+            metrics.update({**telemetry(trajs, fres), **timer.metrics(), **memory_metrics(self.device)})
             if self.cfg.run.store_trajectories:
                 self.store.write_step(s, trajs, **trajectory_columns(trajs, fres, adv_all))
             self.store.append_metrics(metrics)
             self._rng_snapshot = ckpt.rng_state()
             if s % cfg.run.save_every == 0 or s == cfg.run.steps:
                 self.save_checkpoint()
-        log = StepLog(s, metrics, trajs, fres, bool(skip_reason), skip_reason)
-        self.last_log = log
-        if self.on_step is not None:
-            self.on_step(log)
-        return log
+        self.last_log = StepLog(s, metrics, trajs, fres, bool(skip_reason), skip_reason)
+        return self.last_log
 
     def _pad_id(self) -> int:
         return self.tok.pad_token_id if self.tok.pad_token_id is not None else 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -42,6 +43,10 @@ from . import filters as filters_mod
 from .advantages import STD_MODES, ShapingConfig, group_advantages, shape_advantages, token_logprobs_and_entropy
 from .loss import LossConfig, policy_loss
 from .records import Trajectory
+
+# ----------------------------------------------------------------------------------------------
+# Config
+
 
 @dataclass
 class UpdateConfig:
@@ -59,7 +64,6 @@ class UpdateConfig:
                              f"logit_chunk={self.logit_chunk} must all be >= 1")
         if self.adv_std not in STD_MODES:
             raise ValueError(f"UpdateConfig.adv_std={self.adv_std!r}; choose from {list(STD_MODES)}")
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,12 +216,15 @@ def _agg_share(mb_mask: torch.Tensor, full_mask_total: dict[str, float], agg: st
 
 def update_policy(model, optimizer, batch: UpdateBatch, params: list[torch.nn.Parameter], pad_id: int, *,
                   cfg: UpdateConfig, shaping: ShapingConfig, loss: LossConfig, grad_clip: float,
-                  temperature: float, max_new_tokens: int) -> dict[str, float]:
+                  temperature: float, max_new_tokens: int,
+                  before_optimizer_step: Callable[[], None] | None = None) -> dict[str, float]:
     """The update: micro-batches, one forward each, shaped advantages, policy loss, accumulation,
     grad-norm clipping, one optimizer step per epoch. Returns step metrics (token-weighted means).
 
     temperature: the rollout's sampling temperature (the recorded log-probs are at it; 0 means 1);
-    max_new_tokens: the completion budget, the drgrpo constant normaliser when loss.max_len is None.
+    max_new_tokens: the completion budget, the drgrpo constant normaliser when loss.max_len is None;
+    before_optimizer_step: called once, right before the first optimizer step (the trainer defers
+    signals from there on, so that an interrupt never leaves the weights updated but the step unrecorded).
     """
     device = params[0].device
     temperature = temperature or 1.0                           # records use T=1 for greedy rollouts
@@ -259,6 +266,8 @@ def update_policy(model, optimizer, batch: UpdateBatch, params: list[torch.nn.Pa
                 if isinstance(v, float) and math.isfinite(v):
                     acc[key] = acc.get(key, 0.0) + v * k
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
+        if epoch == 0 and before_optimizer_step is not None:
+            before_optimizer_step()
         optimizer.step()
         acc["update/grad_norm_sum"] = acc.get("update/grad_norm_sum", 0.0) + float(norm)
     optimizer.zero_grad(set_to_none=True)

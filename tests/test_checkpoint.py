@@ -15,9 +15,10 @@ from tao_lab.presets import make_config
 from tao_lab.records import RunStore
 
 
-def parity_reward(trajs, step):
-    """A learnable signal for a random tiny model: reward 1 when the first sampled token id is odd."""
-    r = [float(t.token_ids[0] % 2) for t in trajs]
+def alternating_reward(trajs, step):
+    """A signal a random tiny model can follow: every group has one rewarded and one unrewarded
+    member (never degenerate), so every step has non-zero advantages."""
+    r = [float(t.sample_idx % 2) for t in trajs]
     for t, x in zip(trajs, r):
         t.reward = x
     return r, {}
@@ -44,16 +45,16 @@ def one_thread():
 def straight(tmp_path_factory):
     """Three uninterrupted steps: (run dir, adapter after step 3)."""
     run = tmp_path_factory.mktemp("straight")
-    with T.Trainer(cfg(3, 1, "run.keep_checkpoints=5"), run, reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg(3, 1, "run.keep_checkpoints=5"), run, reward_fn=alternating_reward) as tr:
         tr.train()
         return run, adapter(tr.model)
 
 
 def test_resumed_run_uses_the_same_prompts_and_reaches_the_same_weights(straight, tmp_path):
     run, want = straight
-    with T.Trainer(cfg(2, 2), tmp_path, reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg(2, 2), tmp_path, reward_fn=alternating_reward) as tr:
         tr.train()
-    with T.Trainer.resume(tmp_path, steps=3, reward_fn=parity_reward) as tr:
+    with T.Trainer.resume(tmp_path, steps=3, reward_fn=alternating_reward) as tr:
         assert tr.state.step == 2
         tr.train()
         got = adapter(tr.model)
@@ -77,7 +78,7 @@ def test_a_leftover_temp_dir_is_ignored_and_the_last_complete_checkpoint_loads(s
 
 
 def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
-    with T.Trainer(cfg(2, 1), tmp_path, reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg(2, 1), tmp_path, reward_fn=alternating_reward) as tr:
         tr.step()
         real_save = torch.save
 
@@ -92,13 +93,13 @@ def test_a_crash_in_the_middle_of_a_save_leaves_the_previous_checkpoint_loadable
         monkeypatch.undo()
     assert ckpt.complete_steps(tmp_path) == [1]
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
-    with T.Trainer.resume(tmp_path, reward_fn=parity_reward) as tr:
+    with T.Trainer.resume(tmp_path, reward_fn=alternating_reward) as tr:
         assert tr.state.step == 1
         assert RunStore(tmp_path).metrics()["step"].tolist() == [1]   # step 2's line was dropped
 
 
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
-    with T.Trainer(cfg(3, 1, "run.keep_checkpoints=2"), tmp_path, reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg(3, 1, "run.keep_checkpoints=2"), tmp_path, reward_fn=alternating_reward) as tr:
         tr.train()
     assert ckpt.complete_steps(tmp_path) == [2, 3]
 
@@ -108,13 +109,34 @@ def test_sigterm_between_steps_checkpoints_the_last_completed_step(tmp_path):
         if log.step == 1:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    with T.Trainer(cfg(3, 10), tmp_path, reward_fn=parity_reward, on_step=kill_after_first) as tr:
+    with T.Trainer(cfg(3, 10), tmp_path, reward_fn=alternating_reward, on_step=kill_after_first) as tr:
         with pytest.raises(KeyboardInterrupt):
             tr.train()
     assert ckpt.complete_steps(tmp_path) == [1]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the handler is restored
     state = ckpt.read_state(ckpt.latest_path(tmp_path))
     assert state["state"] == {"step": 1, "cursor": 2}
+
+
+def test_sigterm_right_after_an_optimizer_step_lets_the_step_finish_before_checkpointing(tmp_path):
+    with T.Trainer(cfg(3, 10), tmp_path, reward_fn=alternating_reward) as tr:
+        tr.step()
+        real_step = tr.optimizer.step
+
+        def step_then_signal(*a, **k):
+            out = real_step(*a, **k)
+            os.kill(os.getpid(), signal.SIGTERM)   # arrives with the weights already updated
+            return out
+
+        tr.optimizer.step = step_then_signal
+        with pytest.raises(KeyboardInterrupt):
+            tr.train()
+        weights = adapter(tr.model)
+    assert ckpt.complete_steps(tmp_path) == [2]            # step 2 was committed, not half-applied
+    assert RunStore(tmp_path).metrics()["step"].tolist() == [1, 2]
+    with T.Trainer.resume(tmp_path, reward_fn=alternating_reward) as tr:
+        assert tr.state.step == 2
+        assert all(torch.equal(weights[n], p) for n, p in adapter(tr.model).items())
 
 
 def test_checkpoint_holds_adapter_optimizer_scheduler_rng_and_config(straight):

@@ -17,9 +17,10 @@ from tao_lab.presets import apply_overrides, make_config
 from tao_lab.records import RunStore
 
 
-def parity_reward(trajs, step):
-    """A learnable signal for a random tiny model: reward 1 when the first sampled token id is odd."""
-    r = [float(t.token_ids[0] % 2) for t in trajs]
+def alternating_reward(trajs, step):
+    """A signal a random tiny model can follow: every group has one rewarded and one unrewarded
+    member (never degenerate), so every step has non-zero advantages."""
+    r = [float(t.sample_idx % 2) for t in trajs]
     for t, x in zip(trajs, r):
         t.reward = x
     return r, {"reward/mean": sum(r) / len(r)}
@@ -47,7 +48,7 @@ def one_thread():
 def tiny_run(tmp_path_factory):
     """Two steps of test_tiny with the parity reward; (trainer, logs, adapter before)."""
     run = tmp_path_factory.mktemp("tiny_run")
-    tr = T.Trainer(tiny_cfg("run.steps=2"), run, reward_fn=parity_reward)
+    tr = T.Trainer(tiny_cfg("run.steps=2"), run, reward_fn=alternating_reward)
     before = adapter(tr.model)
     logs = tr.train()
     tr.close()
@@ -99,10 +100,10 @@ def test_a_step_whose_groups_all_have_equal_rewards_is_skipped_with_its_reason(t
 
 def test_gradient_accumulation_gives_the_full_batch_gradient_whatever_the_micro_batch_size(tmp_path):
     cfg = tiny_cfg("run.steps=1", "optim.grad_clip=0")
-    with T.Trainer(cfg, tmp_path, reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg, tmp_path, reward_fn=alternating_reward) as tr:
         tok, model = tr.tok, tr.model
         trajs, _ = T.rollout_stage(model, tok, tr.tasks[:2], cfg.rollout, tr.pool, seed=3)
-    parity_reward(trajs, 1)
+    alternating_reward(trajs, 1)
     for i, t in enumerate(trajs):                 # make sure the advantages are not all zero
         t.reward = float(i % 2)
     from tao_lab import filters
@@ -177,7 +178,7 @@ def test_merged_lora_rollout_samples_like_the_adapter_and_restores_the_base_weig
 def test_kl_to_the_adapter_disabled_model_is_zero_while_the_adapter_is_still_identity(tmp_path):
     # A fresh LoRA adapter has B = 0, so the policy IS the reference model at step 1.
     cfg = tiny_cfg("run.steps=1", "loss.beta=0.1")
-    with T.Trainer(cfg, tmp_path, reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg, tmp_path, reward_fn=alternating_reward) as tr:
         log = tr.step()
     assert abs(log.metrics["loss/kl_ref"]) < 1e-6
 
@@ -254,7 +255,7 @@ def test_a_qlora_step_runs_on_cpu_with_a_4bit_tiny_model(tmp_path, smol_tokenize
     tiny_model(vocab_size=len(smol_tokenizer), seed=0).save_pretrained(path)
     smol_tokenizer.save_pretrained(path)
     cfg = tiny_cfg("run.steps=1", f"model.name={path}", "model.load_in_4bit=true")
-    with T.Trainer(cfg, tmp_path / "run", reward_fn=parity_reward) as tr:
+    with T.Trainer(cfg, tmp_path / "run", reward_fn=alternating_reward) as tr:
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in tr.model.modules())
         before = adapter(tr.model)
         log = tr.step()
@@ -262,14 +263,18 @@ def test_a_qlora_step_runs_on_cpu_with_a_4bit_tiny_model(tmp_path, smol_tokenize
     assert any(not torch.equal(before[n], p) for n, p in adapter(tr.model).items())
 
 
-def test_cli_train_then_report_writes_an_offline_html_page(tmp_path, capsys):
+def test_cli_train_eval_and_report_write_an_offline_html_page(tmp_path, capsys):
     from tao_lab.cli import main
     out = tmp_path / "cli_run"
     assert main(["train", "--preset", "test_tiny", "--steps", "1", "--out", str(out), "--quiet-bar",
                  "--set", "filter.rules=filter_b"]) == 0
+    assert main(["eval", "--run", str(out), "--tasks", "arith-L1", "--n", "2", "--k", "2",
+                 "--max-new-tokens", "8"]) == 0
+    assert "avg@2" in capsys.readouterr().out
     assert main(["report", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "vegaEmbed(" in page and "<script src=" not in page and "tl-view" in page
+    assert "step_000001" in page and "eval/pass@2" in page       # the held-out table
 
 
 def test_cli_train_rejects_a_bad_override_without_starting(tmp_path, capsys):
