@@ -120,11 +120,10 @@ def summarise(out: Path, args, base: dict, rows: list[dict]) -> dict:
                        **{f"last3_{c}": float(m[c].tail(3).mean()) for c in CURVES if c in m}})
     fin = pd.DataFrame(finals)
     by_method = {}
-    if not fin.empty:
-        num = fin.drop(columns=["seed"]).groupby("method")
-        by_method = {meth: {"n_seeds": int(len(g)), **{c: {"mean": float(g[c].mean()), "sd": float(g[c].std(ddof=1)) if len(g) > 1 else None}
-                                                       for c in g.columns if c != "method" and g[c].notna().any()}}
-                     for meth, g in fin.groupby("method")}
+    for meth, g in (fin.groupby("method") if not fin.empty else []):
+        cols = [c for c in g.columns if c not in ("method", "seed") and g[c].notna().any()]
+        by_method[meth] = {"n_seeds": int(len(g)), **{
+            c: {"mean": float(g[c].mean()), "sd": float(g[c].std(ddof=1)) if len(g) > 1 else None} for c in cols}}
     doc = {"command": "nice -n 10 .venv/bin/python scripts/compare_methods.py " + " ".join(sys.argv[1:]),
            "settings": vars(args), "heldout_before": {f"avg@{k}": base.get(f"eval/avg@{k}"),
                                                       f"pass@{k}": base.get(f"eval/pass@{k}"),
@@ -169,12 +168,21 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads; 1 because a niced background job on 2 shared cores loses most of its "
                          "time in thread barriers with 2 (measured 0.6 ms vs 5.6 ms for the same matmul)")
+    ap.add_argument("--summarise-only", action="store_true", help="rewrite the JSON and chart from runs on disk")
     args = ap.parse_args()
     import torch
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if args.summarise_only:
+        from tao_lab.records import RunStore
+        base = RunStore(out / "base" / "evals" / "step_000000").metrics().iloc[-1].to_dict()
+        rows = [{"method": m, "seed": sd, "run": str(out / f"{m}_s{sd}")} for sd in args.seeds for m in args.methods
+                if (out / f"{m}_s{sd}" / "metrics.jsonl").exists()]
+        doc = summarise(out, args, base, rows)
+        print(json.dumps(doc["by_method"], indent=1, default=float))
+        return 0
     print(f"base model evaluation on {args.tasks}/test ...", flush=True)
     base = evaluate_base(out, args)
     print(f"  before: avg@{args.eval_k} {base.get(f'eval/avg@{args.eval_k}'):.3f}", flush=True)

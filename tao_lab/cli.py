@@ -115,10 +115,10 @@ def cmd_resume(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from .evaluate import EvalConfig, evaluate, load_trained, save_eval
     from .models import load_policy
     from .rollout import RolloutConfig
     from .tasks import load_tasks
-    from .evaluate import EvalConfig, evaluate, load_trained, save_eval
 
     if args.run:
         model, tok, cfg, step = load_trained(args.run)
