@@ -33,7 +33,6 @@
 
 # %%
 import os
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -41,8 +40,7 @@ import torch
 from tao_lab import explore, filters, plots, widgets
 from tao_lab.advantages import group_advantages
 from tao_lab.filters import FilterConfig
-from tao_lab.models import home_dir
-from tao_lab.records import RunStore, trajectories_frame
+from tao_lab.records import trajectories_frame
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer tasks, shorter episodes
 plots.use_offline_renderer()                      # charts as SVG: no network, no JavaScript needed
@@ -60,29 +58,7 @@ pd.set_option("display.max_colwidth", 80)
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]
 N_PER_SOURCE, G, MAX_NEW = (2, 4, 128) if SMOKE else (4, 8, 384)
 SEED = 1
-RUN_DIR = Path(os.environ.get("TAO_LAB_RUN_DIR")
-               or home_dir() / "runs" / f"nb_tool_{N_PER_SOURCE * len(SOURCES)}x{G}_{MAX_NEW}_s{SEED}")
-store = RunStore(RUN_DIR)
-
-if store.steps():
-    trajs = store.read_step(store.steps()[0])
-    print(f"loaded {len(trajs)} stored trajectories from {RUN_DIR}")
-else:
-    from tao_lab.models import load_policy
-    from tao_lab.rewards import score
-    from tao_lab.rollout import RolloutConfig, generate
-    from tao_lab.tasks import load_tasks
-
-    model, tok = load_policy("smollm2-135m", lora=False)
-    tasks = [t for s in SOURCES for t in load_tasks(s, split="test", limit=N_PER_SOURCE)]
-    cfg = RolloutConfig(group_size=G, max_new_tokens=MAX_NEW, template="few_shot", seed=SEED)
-    trajs, stats = generate(model.eval(), tok, tasks, cfg, progress=not SMOKE)
-    rewards, reward_metrics = score(trajs)
-    store.write_config({"sources": SOURCES, "n_per_source": N_PER_SOURCE, "rollout": cfg.__dict__})
-    store.write_step(0, trajs)
-    store.append_metrics({"step": 0, **stats.as_metrics(), **reward_metrics})
-    print(f"sampled {len(trajs)} episodes in {stats.wall_s:.0f} s "
-          f"({stats.sampled_tokens_per_s:.0f} sampled tokens/s); stored in {RUN_DIR}")
+trajs, RUN_DIR = explore.sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
 
 assert all(t.reward is not None for t in trajs), "every stored trajectory must be scored"
 

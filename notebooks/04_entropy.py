@@ -31,7 +31,6 @@
 
 # %%
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,8 +38,7 @@ import pandas as pd
 from tao_lab import explore, plots, widgets
 from tao_lab.advantages import ShapingConfig
 from tao_lab.filters import FilterConfig
-from tao_lab.models import home_dir, load_tokenizer
-from tao_lab.records import RunStore
+from tao_lab.models import load_tokenizer
 from tao_lab.tokenview import TokenView
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer tasks, shorter episodes
@@ -54,29 +52,7 @@ plots.use_offline_renderer()                      # charts as SVG: no network, n
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]
 N_PER_SOURCE, G, MAX_NEW = (2, 4, 128) if SMOKE else (4, 8, 384)
 SEED = 1
-RUN_DIR = Path(os.environ.get("TAO_LAB_RUN_DIR")
-               or home_dir() / "runs" / f"nb_tool_{N_PER_SOURCE * len(SOURCES)}x{G}_{MAX_NEW}_s{SEED}")
-store = RunStore(RUN_DIR)
-
-if store.steps():
-    trajs = store.read_step(store.steps()[0])
-    print(f"loaded {len(trajs)} stored trajectories from {RUN_DIR}")
-else:
-    from tao_lab.models import load_policy
-    from tao_lab.rewards import score
-    from tao_lab.rollout import RolloutConfig, generate
-    from tao_lab.tasks import load_tasks
-
-    model, _ = load_policy("smollm2-135m", lora=False)
-    tok0 = load_tokenizer("smollm2-135m")
-    tasks = [t for s in SOURCES for t in load_tasks(s, split="test", limit=N_PER_SOURCE)]
-    cfg = RolloutConfig(group_size=G, max_new_tokens=MAX_NEW, template="few_shot", seed=SEED)
-    trajs, stats = generate(model.eval(), tok0, tasks, cfg, progress=not SMOKE)
-    rewards, reward_metrics = score(trajs)
-    store.write_config({"sources": SOURCES, "n_per_source": N_PER_SOURCE, "rollout": cfg.__dict__})
-    store.write_step(0, trajs)
-    store.append_metrics({"step": 0, **stats.as_metrics(), **reward_metrics})
-    print(f"sampled {len(trajs)} episodes in {stats.wall_s:.0f} s; stored in {RUN_DIR}")
+trajs, RUN_DIR = explore.sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
 
 tok = load_tokenizer("smollm2-135m")   # only to turn token ids back into text
 assert all(t.reward is not None for t in trajs)

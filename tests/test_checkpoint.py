@@ -11,34 +11,15 @@ import torch
 from tao_lab import checkpoint as ckpt
 from tao_lab import trainer as T
 from tao_lab.evaluate import load_trained
-from tao_lab.presets import make_config
 from tao_lab.records import RunStore
-
-
-def alternating_reward(trajs, step):
-    """A signal a random tiny model can follow: every group has one rewarded and one unrewarded
-    member (never degenerate), so every step has non-zero advantages."""
-    r = [float(t.sample_idx % 2) for t in trajs]
-    for t, x in zip(trajs, r):
-        t.reward = x
-    return r, {}
+from train_helpers import adapter, alternating_reward, one_thread, tiny_cfg  # noqa: F401
 
 
 def cfg(steps=3, save_every=1, *extra):
-    return make_config("test_tiny", "tao", ["filter.rules=filter_b", f"run.steps={steps}",
-                                            f"run.save_every={save_every}", *extra])
+    return tiny_cfg(f"run.steps={steps}", f"run.save_every={save_every}", *extra)
 
 
-def adapter(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,26 +1,17 @@
 """Every notebook runs top to bottom headless at smoke sizes; the notebooks' own asserts are the
-checks. Each is stored without outputs and in sync with its jupytext py:percent twin."""
+checks. Each is stored without outputs and in sync with its jupytext py:percent twin.
+
+Notebooks 03 and 04 read one run store: 03 samples it from the embedded model into a temporary
+folder, 04 reuses it, as a reader going through the notebooks in order would.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from notebook_runner import NOTEBOOKS, execute_notebook, html_outputs
+
 ALL = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-
-
-def execute_notebook(name: str, monkeypatch, timeout: int = 600):
-    import nbclient
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
-    monkeypatch.setenv("TAO_LAB_SMOKE", "1")  # inherited by the kernel: tiny sizes
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=timeout,
-                                     resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute()
-    return nb
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -35,9 +26,37 @@ def test_notebook_is_stored_without_outputs_and_in_sync_with_its_py_twin(name):
         f"run: .venv/bin/jupytext --sync notebooks/{name}.py"
 
 
+def test_every_notebook_has_a_headless_run_below():
+    assert ALL == ["01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training"]
+
+
+@pytest.mark.smoke
+def test_notebook_01_tool_sandbox_runs_headless(monkeypatch):
+    execute_notebook("01_tool_sandbox", monkeypatch, timeout=300)
+
+
 @pytest.mark.smoke
 def test_notebook_02_rollouts_runs_headless(monkeypatch):
     nb = execute_notebook("02_rollouts", monkeypatch)
-    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells
-                   for o in c.get("outputs", []))
-    assert "tl-view" in html, "the coloured token view should render"
+    assert "tl-view" in html_outputs(nb), "the coloured token view should render"
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("nb_run") / "store")
+
+
+@pytest.mark.smoke
+def test_notebook_03_filtering_runs_headless(monkeypatch, shared_store):
+    execute_notebook("03_filtering", monkeypatch, {"TAO_LAB_RUN_DIR": shared_store})
+
+
+@pytest.mark.smoke
+def test_notebook_04_entropy_runs_headless_on_the_store_03_wrote(monkeypatch, shared_store):
+    execute_notebook("04_entropy", monkeypatch, {"TAO_LAB_RUN_DIR": shared_store})
+
+
+@pytest.mark.smoke
+def test_notebook_05_training_runs_headless(monkeypatch, tmp_path):
+    execute_notebook("05_training", monkeypatch, {"TAO_LAB_RUN_DIR": str(tmp_path / "run")})
+    assert (tmp_path / "run" / "report.html").exists()

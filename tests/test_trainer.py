@@ -15,33 +15,10 @@ from tao_lab import trainer as T
 from tao_lab import update as U
 from tao_lab.presets import apply_overrides, make_config
 from tao_lab.records import RunStore
+from train_helpers import adapter, alternating_reward, one_thread, tiny_cfg  # noqa: F401
 
 
-def alternating_reward(trajs, step):
-    """A signal a random tiny model can follow: every group has one rewarded and one unrewarded
-    member (never degenerate), so every step has non-zero advantages."""
-    r = [float(t.sample_idx % 2) for t in trajs]
-    for t, x in zip(trajs, r):
-        t.reward = x
-    return r, {"reward/mean": sum(r) / len(r)}
-
-
-def tiny_cfg(*extra, method="tao"):
-    # a random model always hits the token budget, so the overlong rule would drop every group
-    return make_config("test_tiny", method, ["filter.rules=filter_b", *extra])
-
-
-def adapter(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls gain nothing from threads, and lose a lot when the 2 cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
