@@ -349,6 +349,21 @@ def _roots_for(python: str) -> list[str]:
     return sorted(r for r in roots if not any(r.startswith(o + "/") for o in roots if o != r))
 
 
+def _bind_with_parents(root: str, made: set[str]) -> list[str]:
+    """bwrap args binding `root` read-only at the same path. bwrap copies the mode of a bind's
+    parent dirs (0700 for /root), so the parents not yet made are created 0755 first."""
+    argv, parents = [], []
+    d = os.path.dirname(root)
+    while d not in ("/", "") and d not in made:
+        parents.append(d)
+        d = os.path.dirname(d)
+    for p in reversed(parents):
+        argv += ["--perms", "0755", "--dir", p]
+        made.add(p)
+    made.add(root)
+    return argv + ["--ro-bind", root, root]
+
+
 @functools.lru_cache(maxsize=16)
 def _bwrap_argv(interpreter: str, site_packages: bool, tmp_mb: int, as_root: bool) -> tuple[str, ...]:
     argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
@@ -364,24 +379,22 @@ def _bwrap_argv(interpreter: str, site_packages: bool, tmp_mb: int, as_root: boo
         elif os.path.isdir(d):
             argv += ["--ro-bind", d, d]
     argv += [a for f in _ETC_FILES if os.path.exists(f) for a in ("--ro-bind", f, f)]
-    made: set[str] = set()
     extra = [p for p in _site_paths(site_packages) if not p.startswith("/usr/")]
-    for root in _roots_for(interpreter) + extra:
-        # bwrap copies the mode of a bind's parent dirs (0700 for /root); create them 0755 first
-        parents = []
-        d = os.path.dirname(root)
-        while d not in ("/", "") and d not in made:
-            parents.append(d)
-            d = os.path.dirname(d)
-        for p in reversed(parents):
-            argv += ["--perms", "0755", "--dir", p]
-            made.add(p)
-        argv += ["--ro-bind", root, root]
-        made.add(root)
+    roots = _roots_for(interpreter) + extra
+    # A venv or checkout under /tmp (e.g. a CI clone in /tmp/x) would be hidden by the private /tmp
+    # below, so those roots are bound after it, on top of the tmpfs.
+    under_tmp = [r for r in roots if r.startswith("/tmp/")]
+    made: set[str] = {"/tmp"}
+    for root in roots:
+        if root not in under_tmp:
+            argv += _bind_with_parents(root, made)
     size = str(tmp_mb << 20)  # each tmpfs is size-capped, or writing to it would fill RAM
     argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
              "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
-             "--perms", "1777", "--size", size, "--tmpfs", "/tmp", "--chdir", "/tmp",
+             "--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
+    for root in under_tmp:
+        argv += _bind_with_parents(root, made)
+    argv += ["--chdir", "/tmp",
              "--remount-ro", "/"]  # the skeleton bwrap built (/etc, /root, ...) becomes read-only
     return tuple(argv)
 

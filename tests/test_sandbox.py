@@ -259,6 +259,28 @@ def test_the_private_temp_dir_is_not_the_host_tmp(cfg):
     assert not Path(f"/tmp/{token}").exists()
 
 
+def test_an_interpreter_under_host_tmp_still_runs_and_the_rest_of_host_tmp_stays_hidden(tmp_path_factory):
+    # A CI clone in /tmp/x has its venv there; the private /tmp must not hide it.
+    import subprocess
+    import sys
+
+    base = tmp_path_factory.mktemp("venv_in_tmp")
+    if not str(base).startswith("/tmp/"):
+        pytest.skip(f"pytest's temp dir is not under /tmp here: {base}")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base / "venv")], check=True)
+    (base / "host_secret.txt").write_text("hunter2")
+    c = SandboxConfig(tier="bubblewrap", timeout_s=5.0, python=str(base / "venv" / "bin" / "python"),
+                      site_packages=False)
+    why = tier_status(SandboxConfig(tier="bubblewrap"))["bubblewrap"]
+    if why != "ok":
+        pytest.skip(f"bubblewrap tier unavailable: {why}")
+    assert tier_status(c)["bubblewrap"] == "ok"
+    res = run_code("import os, sys\nprint(sys.executable)\n"
+                   f"print(os.path.exists({str(base / 'host_secret.txt')!r}))", config=c)
+    assert res.status == "ok", res.stderr
+    assert res.stdout == f"{base / 'venv' / 'bin' / 'python'}\nFalse\n"
+
+
 def test_environment_secrets_do_not_reach_the_code(cfg, monkeypatch):
     monkeypatch.setenv("TAO_LAB_SECRET", "hunter2")
     res = run_code("import os; print(os.environ.get('TAO_LAB_SECRET'), 'HOME' in os.environ)", config=cfg)
