@@ -134,7 +134,9 @@ def teacher_forced_check(model, trajs, temperature, atol):
         ent = token_entropy(logits, temperature=temperature)[0, P - 1:]
         m = torch.tensor(tr.mask, dtype=torch.bool)
         assert torch.allclose(lp[m], torch.tensor(tr.logprobs)[m], atol=atol)
-        assert torch.allclose(ent[m], torch.tensor(tr.entropies)[m], atol=atol)
+        # entropy sums p·log p over the whole vocabulary, so its fp32 rounding grows with its size
+        # (seen: 6e-4 at H = 6 nats with one thread, where the matmuls reduce in another order)
+        assert torch.allclose(ent[m], torch.tensor(tr.entropies)[m], atol=atol, rtol=2e-4)
 
 
 def test_tiny_model_records_match_a_teacher_forced_forward(tiny):
