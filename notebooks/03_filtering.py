@@ -41,6 +41,7 @@ from tao_lab import explore, filters, plots, widgets
 from tao_lab.advantages import group_advantages
 from tao_lab.filters import FilterConfig
 from tao_lab.records import trajectories_frame
+from tao_lab.rollout import sample_or_load
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer tasks, shorter episodes
 plots.use_offline_renderer()                      # charts as SVG: no network, no JavaScript needed
@@ -58,7 +59,7 @@ pd.set_option("display.max_colwidth", 80)
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]
 N_PER_SOURCE, G, MAX_NEW = (2, 4, 128) if SMOKE else (4, 8, 384)
 SEED = 1
-trajs, RUN_DIR = explore.sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
+trajs, RUN_DIR = sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
 
 assert all(t.reward is not None for t in trajs), "every stored trajectory must be scored"
 

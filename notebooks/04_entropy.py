@@ -39,6 +39,7 @@ from tao_lab import explore, plots, widgets
 from tao_lab.advantages import ShapingConfig
 from tao_lab.filters import FilterConfig
 from tao_lab.models import load_tokenizer
+from tao_lab.rollout import sample_or_load
 from tao_lab.tokenview import TokenView
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer tasks, shorter episodes
@@ -52,7 +53,7 @@ plots.use_offline_renderer()                      # charts as SVG: no network, n
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]
 N_PER_SOURCE, G, MAX_NEW = (2, 4, 128) if SMOKE else (4, 8, 384)
 SEED = 1
-trajs, RUN_DIR = explore.sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
+trajs, RUN_DIR = sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
 
 tok = load_tokenizer("smollm2-135m")   # only to turn token ids back into text
 assert all(t.reward is not None for t in trajs)

@@ -4,8 +4,6 @@ DESIGN.md §2: filters, advantages and shaping must be recomputable from the run
 without the model, so that a widget can re-run them live. This module is that glue, and the
 compute third of "compute / render / UI" (plots.py renders, widgets.py wires):
 
-    sample_or_load(sources, ...) -> (trajs, run_dir)
-        the few-shot tool rollouts notebooks 03 and 04 share, sampled once into a run store.
     recompute(trajs, FilterConfig, ShapingConfig) -> Explored
         filters.apply -> advantages.group_advantages -> advantages.shape_advantages, with the
         results laid out as tidy frames: one row per trajectory, one row per token.
@@ -29,9 +27,7 @@ Not covered: anything needing the model (re-computing entropy under a new policy
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -62,48 +58,6 @@ class Explored:
     tokens: pd.DataFrame          # one row per completion token of every input trajectory (see token_table)
     shaped: pd.DataFrame          # one row per token of every advantage row: gate, z, A, Ã, Ã/A
     metrics: dict[str, float] = field(default_factory=dict)  # filter counts + adv/ + shaping/ metrics
-
-
-# ----------------------------------------------------------------------------------------------
-# The rollouts notebooks 03 and 04 share
-
-
-def sample_or_load(sources: list[str], n_per_source: int, group_size: int, max_new_tokens: int,
-                   seed: int = 1, run_dir: str | Path | None = None, progress: bool = True
-                   ) -> tuple[list[Trajectory], Path]:
-    """Few-shot tool rollouts of the embedded model on held-out tasks, stored once and then reused.
-
-    The run store at `run_dir` (default: $TAO_LAB_RUN_DIR, else one named after the settings under
-    tao_lab's home) is read when it has a step; otherwise the rollouts are sampled, scored and
-    written there. Delete the folder to sample anew. Returns (trajectories, run_dir).
-    """
-    from tao_lab.models import home_dir
-    from tao_lab.records import RunStore
-
-    run_dir = Path(run_dir or os.environ.get("TAO_LAB_RUN_DIR") or home_dir() / "runs" /
-                   f"nb_tool_{n_per_source * len(sources)}x{group_size}_{max_new_tokens}_s{seed}")
-    store = RunStore(run_dir)
-    if store.steps():
-        trajs = store.read_step(store.steps()[0])
-        print(f"loaded {len(trajs)} stored trajectories from {run_dir}")
-        return trajs, run_dir
-
-    from tao_lab.models import load_policy
-    from tao_lab.rewards import score
-    from tao_lab.rollout import RolloutConfig, generate
-    from tao_lab.tasks import load_tasks
-
-    model, tok = load_policy("smollm2-135m", lora=False)
-    tasks = [t for s in sources for t in load_tasks(s, split="test", limit=n_per_source)]
-    cfg = RolloutConfig(group_size=group_size, max_new_tokens=max_new_tokens, template="few_shot", seed=seed)
-    trajs, stats = generate(model.eval(), tok, tasks, cfg, progress=progress)
-    _, reward_metrics = score(trajs)
-    store.write_config({"sources": sources, "n_per_source": n_per_source, "rollout": cfg.__dict__})
-    store.write_step(0, trajs)
-    store.append_metrics({"step": 0, **stats.as_metrics(), **reward_metrics})
-    print(f"sampled {len(trajs)} episodes in {stats.wall_s:.0f} s "
-          f"({stats.sampled_tokens_per_s:.0f} sampled tokens/s); stored in {run_dir}")
-    return trajs, run_dir
 
 
 # ----------------------------------------------------------------------------------------------

@@ -385,9 +385,8 @@ def _bwrap_argv(interpreter: str, site_packages: bool, tmp_mb: int, as_root: boo
     # below, so those roots are bound after it, on top of the tmpfs.
     under_tmp = [r for r in roots if r.startswith("/tmp/")]
     made: set[str] = {"/tmp"}
-    for root in roots:
-        if root not in under_tmp:
-            argv += _bind_with_parents(root, made)
+    for root in (r for r in roots if r not in under_tmp):
+        argv += _bind_with_parents(root, made)
     size = str(tmp_mb << 20)  # each tmpfs is size-capped, or writing to it would fill RAM
     argv += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
              "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",

@@ -183,15 +183,3 @@ def test_entropy_by_offset_leaves_out_bins_with_too_few_tokens_and_keeps_the_ban
     assert (prof["n"] >= 5).all() and (prof["lo"] >= 0).all()
     assert prof["offset"].max() < explore.entropy_by_offset(tok, max_offset=200, min_count=1)["offset"].max()
 
-
-def test_sample_or_load_reads_an_existing_run_store_without_loading_a_model(tmp_path, monkeypatch):
-    make_run_store(tmp_path / "store", seed=3)
-    monkeypatch.setenv("TAO_LAB_RUN_DIR", str(tmp_path / "store"))
-
-    def no_model(*a, **k):
-        raise AssertionError("a stored run must not load the model")
-
-    monkeypatch.setattr("tao_lab.models.load_policy", no_model)
-    got, run_dir = explore.sample_or_load(["arith-L1"], 2, 4, 64)
-    assert run_dir == tmp_path / "store"
-    assert [t.token_ids for t in got] == [t.token_ids for t in make_trajectories(3)]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fakes import ByteTokenizer, ScriptedPolicy
-from tao_lab.rollout import RolloutConfig, generate
+from runstore_fixture import make_run_store, make_trajectories
+from tao_lab.rollout import RolloutConfig, generate, sample_or_load
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 
 
@@ -172,3 +173,16 @@ def test_embedded_model_records_match_a_teacher_forced_forward_with_tool_calls(s
     with_calls = [t for t in trajs if t.n_tool_calls]
     assert any(0 in t.mask for t in with_calls)
     teacher_forced_check(model, trajs, 1.0, 1e-3)
+
+
+def test_sample_or_load_reads_an_existing_run_store_without_loading_a_model(tmp_path, monkeypatch):
+    make_run_store(tmp_path / "store", seed=3)
+    monkeypatch.setenv("TAO_LAB_RUN_DIR", str(tmp_path / "store"))
+
+    def no_model(*a, **k):
+        raise AssertionError("a stored run must not load the model")
+
+    monkeypatch.setattr("tao_lab.models.load_policy", no_model)
+    got, run_dir = sample_or_load(["arith-L1"], 2, 4, 64)
+    assert run_dir == tmp_path / "store"
+    assert [t.token_ids for t in got] == [t.token_ids for t in make_trajectories(3)]
