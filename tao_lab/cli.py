@@ -1,4 +1,4 @@
-"""`tao-lab` command line: fetch-model, rollout, train, resume, eval, report, demo.
+"""`tao-lab` command line: fetch-model, rollout, train, resume, eval, report, demo, grid, compare.
 
 Each subcommand is a thin wrapper over library calls a notebook could make itself.
 """
@@ -185,6 +185,41 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_grid(args) -> int:
+    """`tao-lab grid SPEC --out DIR` runs (or resumes) a grid; `tao-lab grid status DIR` shows it."""
+    from .grid import format_status, load_spec, run_grid, status
+
+    if args.spec == "status":
+        if not args.dir:
+            print("error: tao-lab grid status DIR", file=sys.stderr)
+            return 2
+        print(format_status(status(args.dir), args.dir))
+        return 0
+    try:
+        spec = load_spec(args.spec)
+        out = args.out or str(Path("runs") / Path(args.spec).stem)
+        counts = run_grid(spec, out, jobs=args.jobs, threads=args.threads, isolate=not args.in_process)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_status(status(out), out))
+    print(f"this call: {counts}   (compare: tao-lab compare {out})")
+    return 1 if counts["failed"] else 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import write_comparison
+
+    try:
+        paths = write_comparison(args.paths, args.out, n_boot=args.n_boot, level=args.level, seed=args.seed)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(paths["sentences"])
+    print(f"html: {paths['html']}\ncsv:  {paths['csv']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -248,6 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
     d.add_argument("--out", default="runs/demo")
     d.set_defaults(fn=cmd_demo)
+
+    g = sub.add_parser("grid", help="run or resume an experiment grid (arms x seeds); `grid status DIR` shows progress")
+    g.add_argument("spec", help="a .toml/.json grid spec, or the word `status`")
+    g.add_argument("dir", nargs="?", default=None, help="with `status`: the grid folder")
+    g.add_argument("--out", default=None, help="grid folder (default runs/<spec name>)")
+    g.add_argument("--jobs", type=int, default=1, help="cells at a time (jobs x threads <= cores)")
+    g.add_argument("--threads", type=int, default=1, help="torch threads per cell")
+    g.add_argument("--in-process", action="store_true", help="run the cells one by one in this process")
+    g.set_defaults(fn=cmd_grid)
+
+    c = sub.add_parser("compare", help="HTML page + tidy CSV comparing runs or grids, with bootstrap intervals")
+    c.add_argument("paths", nargs="+", help="grid folders and/or run folders")
+    c.add_argument("--out", default=None, help="output folder (default: the first path)")
+    c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
+    c.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
+    c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    c.set_defaults(fn=cmd_compare)
     return p
 
 
