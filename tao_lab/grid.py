@@ -85,6 +85,8 @@ class GridSpec:
     eval_seed: int = 1234            # sampling seed of every evaluation (paired across arms)
     eval_max_new_tokens: int | None = None   # None = the run's rollout.max_new_tokens
     eval_max_turns: int | None = None        # None = the run's rollout.max_turns
+    reward_fn: str | None = None     # "module:function" replacing rewards.score in training (Trainer's
+                                     # reward_fn, e.g. a shaped reward); evaluation always uses rewards.score
 
     def __post_init__(self):
         self.arms = [a if isinstance(a, Arm) else Arm(**a) for a in self.arms]
@@ -100,6 +102,8 @@ class GridSpec:
             raise ValueError(f"GridSpec.steps={self.steps} must be >= 1")
         if self.eval_n < 1 or self.eval_k < 1:
             raise ValueError(f"GridSpec.eval_n={self.eval_n} and eval_k={self.eval_k} must be >= 1")
+        if self.reward_fn is not None and ":" not in self.reward_fn:
+            raise ValueError(f"GridSpec.reward_fn={self.reward_fn!r} must be 'module:function'")
         if self.eval_every < 0:
             raise ValueError(f"GridSpec.eval_every={self.eval_every} must be >= 0 (0 = before and after only)")
 
@@ -145,6 +149,14 @@ def make_cell_config(spec: GridSpec, arm: Arm, seed: int, run_dir: Path):
     return make_config(spec.preset, arm.method, [*spec.set, *arm.set, *fixed])
 
 
+def _reward_fn(spec: GridSpec):
+    if spec.reward_fn is None:
+        return None
+    import importlib
+    mod, _, name = spec.reward_fn.partition(":")
+    return getattr(importlib.import_module(mod), name)
+
+
 def _eval_config(spec: GridSpec, cfg):
     from .evaluate import EvalConfig
 
@@ -186,13 +198,13 @@ def train_cell(spec: GridSpec, arm: Arm, seed: int, out: str | os.PathLike, prog
     t0 = time.perf_counter()
     cfg = make_cell_config(spec, arm, seed, run_dir)
     if ckpt.latest(run_dir) is not None:
-        tr = Trainer.resume(run_dir, steps=spec.steps)
+        tr = Trainer.resume(run_dir, steps=spec.steps, reward_fn=_reward_fn(spec))
         resumed_from = tr.state.step
     else:
         for stale in ("metrics.jsonl", "steps", "evals", "checkpoints"):   # a start that never checkpointed
             p = run_dir / stale
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        tr, resumed_from = Trainer(cfg, run_dir), None
+        tr, resumed_from = Trainer(cfg, run_dir, reward_fn=_reward_fn(spec)), None
     ecfg = _eval_config(spec, tr.cfg)
     held_out = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
     missed = []

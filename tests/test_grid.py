@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_spec(**kw) -> GridSpec:
-    # grpo trains every group (a random model's rewards are all 0, so the TAO filters would skip);
-    # the second arm changes the learning rate so the arms' weights really differ
+    # a random model's real rewards are all 0 (no gradient): train on the alternating reward of
+    # train_helpers so the weights, and with them the final evaluations, depend on every step
+    kw.setdefault("reward_fn", "train_helpers:alternating_reward")
     return GridSpec(preset="test_tiny", arms=[Arm("grpo", "grpo"), Arm("grpo_lr", "grpo", ["optim.lr=0.05"])],
                     seeds=[0, 1], steps=2, eval_n=2, eval_k=2, eval_max_new_tokens=8, **kw)
 
@@ -33,7 +34,7 @@ def _grid_cmd(spec_path: Path, out: Path) -> list[str]:
 
 
 def _env():
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "OMP_NUM_THREADS": "1"}
 
 
 def _wait_for_steps(out: Path, n_lines: int, proc, timeout=240.0) -> None:
@@ -85,6 +86,9 @@ def test_a_grid_killed_twice_resumes_to_the_uninterrupted_result_with_every_step
     clean = tmp_path / "clean"
     assert grid.run_grid(spec, clean, isolate=False, progress=False)["done"] == 4
     assert _final_eval_tokens(out, spec) == _final_eval_tokens(clean, spec)
+    # ... and training mattered: the two arms (different learning rates) evaluate differently
+    final = _final_eval_tokens(clean, spec)
+    assert final[("grpo", 0)] != final[("grpo_lr", 0)]
 
 
 def test_a_cell_locked_by_another_process_is_skipped_and_counted(tmp_path):
@@ -117,6 +121,7 @@ def test_status_tells_done_partial_and_pending_cells_apart(tmp_path):
 def test_a_toml_spec_loads_to_the_same_gridspec_as_the_dataclass(tmp_path):
     p = tmp_path / "g.toml"
     p.write_text('preset = "test_tiny"\nseeds = [0, 1]\nsteps = 2\neval_n = 2\neval_k = 2\neval_max_new_tokens = 8\n'
+                 'reward_fn = "train_helpers:alternating_reward"\n'
                  '[[arms]]\nname = "grpo"\nmethod = "grpo"\n[[arms]]\nname = "grpo_lr"\nmethod = "grpo"\n'
                  'set = ["optim.lr=0.05"]\n')
     assert grid.load_spec(p) == tiny_spec()
