@@ -74,11 +74,11 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, int, Path]]
     for p in map(Path, paths):
         if (p / "grid.json").exists():
             spec = json.loads((p / "grid.json").read_text())
-            for seed in spec["seeds"]:
-                for arm in spec["arms"]:
-                    d = p / arm["name"] / f"seed_{seed}"
-                    if (d / "metrics.jsonl").exists():
-                        found.append((arm["name"], int(seed), d))
+            from .grid import GridSpec
+            for arm, seed in GridSpec(**spec).cells():
+                d = p / arm.name / f"seed_{seed}"
+                if (d / "metrics.jsonl").exists():
+                    found.append((arm.name, seed, d))
         elif (p / "config.json").exists():
             train = json.loads((p / "config.json").read_text()).get("train", {})
             found.append((train.get("method", p.name), int(train.get("seed", 0)), p))

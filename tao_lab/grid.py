@@ -61,8 +61,13 @@ class Arm:
     name: str                        # folder name and label in the comparison
     method: str = "tao"              # presets.METHODS key
     set: list[str] = field(default_factory=list)
+    seeds: list[int] | None = None   # this arm's seeds (None = the grid's), e.g. more for headline arms
 
     def __post_init__(self):
+        if self.seeds is not None:
+            self.seeds = [int(s) for s in self.seeds]
+            if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+                raise ValueError(f"Arm.seeds={self.seeds} of arm {self.name!r} must be distinct integers (or None)")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"Arm.name={self.name!r} must be a non-empty folder name (no '/', no leading '.')")
         self.set = list(self.set)
@@ -109,7 +114,8 @@ class GridSpec:
 
     def cells(self) -> list[tuple[Arm, int]]:
         """Seed-major order: a grid cut short still has every arm for its first seeds."""
-        return [(a, s) for s in self.seeds for a in self.arms]
+        seeds = sorted({s for a in self.arms for s in (a.seeds or self.seeds)})
+        return [(a, s) for s in seeds for a in self.arms if s in (a.seeds or self.seeds)]
 
     def eval_steps(self) -> list[int]:
         every = range(self.eval_every, self.steps, self.eval_every) if self.eval_every else []

@@ -15,7 +15,7 @@ Sections, each answering one question:
     held-out evaluation Avg@k / Pass@k and tool telemetry of each saved evaluation (before / after)
     episodes            the last step's best and worst episodes as coloured token views
 
-Not covered: comparing several runs on one page (scripts/compare_methods.py draws that chart);
+Not covered: comparing several runs on one page (tao_lab/compare.py, `tao-lab compare`, does that);
 per-token charts beyond the last step (the run store has them: explore.token_table).
 """
 

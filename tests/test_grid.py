@@ -162,3 +162,8 @@ def test_the_cell_config_carries_the_seed_steps_folder_and_arm_overrides(tmp_pat
 def test_arm_names_must_be_unique():
     with pytest.raises(ValueError, match="unique"):
         GridSpec(arms=[Arm("a"), Arm("a")])
+
+
+def test_an_arm_with_its_own_seeds_gets_exactly_those_cells_in_seed_major_order():
+    spec = GridSpec(arms=[Arm("grpo", "grpo", seeds=[0, 1, 2]), Arm("tao")], seeds=[0, 1])
+    assert [(a.name, s) for a, s in spec.cells()] == [("grpo", 0), ("tao", 0), ("grpo", 1), ("tao", 1), ("grpo", 2)]
