@@ -419,8 +419,9 @@ def _run_workers(spec, out: Path, todo: list, jobs: int, threads: int, counts: d
                 running[_spawn(out, arm, seed, threads)] = (arm, seed, slot, bar)
             time.sleep(0.5)
             for proc, (arm, seed, slot, bar) in list(running.items()):
-                if bar is not None:
-                    bar.n = len(_metric_steps(cell_dir(out, arm, seed)))
+                n_done = len(_metric_steps(cell_dir(out, arm, seed))) if bar is not None else 0
+                if bar is not None and n_done != bar.n:     # redraw on progress only (logs stay short)
+                    bar.n = n_done
                     bar.refresh()
                 rc = proc.poll()
                 if rc is None:
