@@ -305,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from tao_lab import threads
+
+    threads.apply()  # once, before any model is built (TAO_LAB_THREADS overrides)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

