@@ -13,8 +13,8 @@ What is here, with its source (METHODS.md §0, §1.2, §5, §6, §7):
     token_entropy        full-vocabulary entropy at a temperature, chunked over rows of (B*T, V)
     token_logprobs       log pi(ids) at a temperature, same chunking; `token_logprobs_and_entropy`
                          does both in one pass over the logits.
-    post_tool_gate       1 on sampled tokens of the turn right after a turn with a tool call [code];
-                         `post_tool_from_trajectory` recomputes records.Trajectory.post_tool.
+    (the post-tool gate itself is records.post_tool_gate, filled into Trajectory.post_tool by the
+    rollout; the shaping below takes it as a (B, T) tensor)
     shape_advantages     TAO-RL multiplicative reshaping  Ã_t = A_t (1 + a g_t z_t)  [paper][code],
                          the additive bonus  A_t + g_t min(α H_t, |A_t|/κ)  [2506.14758], or none;
                          chosen by `ShapingConfig.kind` in the SHAPERS dict literal.
@@ -155,42 +155,6 @@ def token_logprobs(logits: Tensor, ids: Tensor, temperature: float = 1.0, chunk:
 
 
 # ----------------------------------------------------------------------------------------------
-# The post-tool gate
-
-
-def post_tool_gate(turn_idx: Tensor, mask: Tensor, tool_turns: Tensor) -> Tensor:
-    """1 on trainable tokens whose turn directly follows a turn that made a tool call [code].
-
-    turn_idx:   (B, T) long, assistant turn of each token (records.Trajectory.turn_idx)
-    mask:       (B, T) trainable-token mask; tool-output tokens are 0 so they are never gated
-    tool_turns: (B, K) bool, tool_turns[b, k] = turn k of trajectory b contained a tool call
-    returns     (B, T) float gate
-    """
-    K = tool_turns.shape[1]
-    prev = turn_idx.long() - 1  # only the immediately next turn is marked
-    in_range = (prev >= 0) & (prev < K)
-    flag = tool_turns.bool().gather(1, prev.clamp(0, max(K - 1, 0))) if K else torch.zeros_like(in_range)
-    return (flag & in_range & (mask > 0)).float()
-
-
-def tool_turn_flags(trajs: list[Trajectory], n_turns: int | None = None) -> Tensor:
-    """(B, K) bool: which turns of each trajectory made a tool call (K = most turns seen)."""
-    K = n_turns or max([max(t.turn_idx, default=0) + 1 for t in trajs] + [1])
-    flags = torch.zeros(len(trajs), K, dtype=torch.bool)
-    for b, t in enumerate(trajs):
-        for c in t.tool_calls:
-            if c.turn < K:
-                flags[b, c.turn] = True
-    return flags
-
-
-def post_tool_from_trajectory(traj: Trajectory) -> list[int]:
-    """Recompute Trajectory.post_tool from turn_idx, mask and the tool calls' turns."""
-    turns = {c.turn for c in traj.tool_calls}
-    return [int(m > 0 and (k - 1) in turns) for m, k in zip(traj.mask, traj.turn_idx)]
-
-
-# ----------------------------------------------------------------------------------------------
 # Entropy shaping
 
 
@@ -322,7 +286,7 @@ SHAPERS: dict[str, Callable] = {"none": _shape_none, "tao": _shape_tao, "additiv
 def _gate_post_tool(gate: Tensor | None, mask: Tensor) -> Tensor:
     if gate is None:
         raise ValueError("ShapingConfig.gate='post_tool' needs the post-tool gate tensor: build it with "
-                         "post_tool_gate(...) or from Trajectory.post_tool, or set gate='all_tokens'")
+                         "Trajectory.post_tool (records.post_tool_gate), or set gate='all_tokens'")
     return gate
 
 
@@ -389,7 +353,7 @@ def pass_at_k_mean(n: list[int], c: list[int], k: int) -> float:
 
 __all__ = [
     "group_advantages", "STD_MODES", "token_logprobs_and_entropy", "token_entropy", "token_logprobs",
-    "post_tool_gate", "tool_turn_flags", "post_tool_from_trajectory", "ShapingConfig", "entropy_zscore",
+    "ShapingConfig", "entropy_zscore",
     "reshape_multiplicative", "additive_bonus", "shape_advantages", "SHAPERS", "GATES", "Z_SCOPES",
     "arpo_branch_probability", "pass_at_k", "avg_at_k", "pass_at_k_mean",
 ]

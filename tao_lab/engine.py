@@ -12,7 +12,7 @@ new tokens, append them and give me the next-token logits". Two backends share o
   - rows advance independently: a decode step feeds one token to every row; a tool observation is
     fed to just the rows that have one, as one multi-token chunk (forced tokens, never sampled).
   - `fork` copies a row's cache to other rows, so each distinct prompt is prefilled once and shared
-    by its G samples.
+    by its G samples; with `lengths` it keeps only a leading part (a branch at an earlier position).
   - it calls the model's own submodules (embeddings, q/k/v/o projections, norms, MLP, rotary
     embedding, lm_head), so LoRA (peft) and 4-bit (bitsandbytes) layers work unchanged.
 `RecomputeEngine` (any causal LM with `model(input_ids, attention_mask).logits`)
@@ -120,13 +120,18 @@ class KVEngine:
         self.lengths[rows] = start + n_valid
         return self.lm_head(self.decoder.norm(last)).float()
 
-    def fork(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy the cache of row src[i] into row dst[i] (shares a prefilled prompt)."""
-        n = int(self.lengths[src].max())
+    def fork(self, src: torch.Tensor, dst: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        """Copy the cache of row src[i] into row dst[i] (shares a prefilled prompt, or branches a
+        live row). lengths: (R,) keep only the first lengths[i] positions (fork at an earlier
+        position = copy then truncate; no re-prefill). Default: the source's whole length."""
+        keep = self.lengths[src] if lengths is None else lengths.to(self.lengths)
+        if bool((keep > self.lengths[src]).any()):
+            raise ValueError("fork: a kept length exceeds the source row's length")
+        n = int(keep.max())
         for K, V in zip(self.k, self.v):
             K[dst, :, :n] = K[src, :, :n]
             V[dst, :, :n] = V[src, :, :n]
-        self.lengths[dst] = self.lengths[src]
+        self.lengths[dst] = keep
 
 
 
@@ -164,9 +169,12 @@ class RecomputeEngine:
         logits = self.model(input_ids=ids.to(self.device), attention_mask=att.to(self.device)).logits
         return logits[torch.arange(len(rows_l)), torch.tensor(lens) - 1].float()
 
-    def fork(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        for s, d in zip(src.tolist(), dst.tolist()):
-            self.seqs[d] = list(self.seqs[s])
+    def fork(self, src: torch.Tensor, dst: torch.Tensor, lengths: torch.Tensor | None = None) -> None:
+        keep = [None] * len(src) if lengths is None else lengths.tolist()
+        for s, d, n in zip(src.tolist(), dst.tolist(), keep):
+            if n is not None and n > len(self.seqs[s]):
+                raise ValueError("fork: a kept length exceeds the source row's length")
+            self.seqs[d] = list(self.seqs[s][:n])
 
 
 

@@ -36,7 +36,7 @@ import torch
 from tao_lab import filters
 from tao_lab.advantages import GATES, ShapingConfig, entropy_zscore, group_advantages, shape_advantages
 from tao_lab.filters import FilterConfig, FilterResult
-from tao_lab.records import Trajectory, tokens_frame, trajectories_frame
+from tao_lab.records import Trajectory, post_tool_gate, tokens_frame, trajectories_frame
 
 # Where a sampled token sits relative to the tool: the first turn (no tool output seen yet) or a
 # turn that starts right after a tool output (the post-tool turn of METHODS.md §1.2).
@@ -88,8 +88,10 @@ def token_table(trajs: list[Trajectory]) -> pd.DataFrame:
     sampled = df["mask"] == 1
     df["offset"] = np.nan
     df.loc[sampled, "offset"] = df[sampled].groupby(["traj", "turn"]).cumcount().astype(float)
-    call_turns = {(i, c.turn) for i, t in enumerate(trajs) for c in t.tool_calls}
-    after = [(i, k - 1) in call_turns for i, k in zip(df["traj"], df["turn"])]
+    # the turn follows a tool call: records.post_tool_gate's rule, asked for every token (mask 1)
+    # so that forced tokens of such a turn share its segment
+    after = np.concatenate([post_tool_gate([1] * len(t.token_ids), t.turn_idx, t.tool_turns())
+                            for t in trajs]).astype(bool)
     df["segment"] = np.where(df["turn"] == 0, FIRST_TURN, np.where(after, AFTER_TOOL, OTHER))
     df["reward"] = df["traj"].map({i: t.reward for i, t in enumerate(trajs)})
     return df

@@ -129,7 +129,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: 
     if cfg.beta > 0 and ref_logp is None:
         raise ValueError("LossConfig.beta > 0 needs ref_logp (log-probs under the adapter-disabled model)")
     if cfg.anti_clip and gate is None:
-        raise ValueError("LossConfig.anti_clip=True needs the gate tensor (advantages.post_tool_gate)")
+        raise ValueError("LossConfig.anti_clip=True needs the gate tensor (Trajectory.post_tool, records.post_tool_gate)")
     adv = adv.to(logp.dtype)
     w = mask.to(logp.dtype)
     m = mask > 0

@@ -59,6 +59,7 @@ class ToolCall:
     tier: str                 # isolation tier that ran it (bubblewrap / rlimits / ...)
     observation: str          # exact text fed back to the model (forced tokens)
     valid: bool               # tool success per METHODS.md §0 (empty stderr, non-empty stdout)
+    in_prefix: bool = False   # part of a forced prefix (rollout.Prefix): the policy did not write it
 
 
 @dataclass
@@ -84,6 +85,9 @@ class Trajectory:
     void_turn: bool = False   # some turn had neither a tool call nor a boxed answer
     reward: float | None = None  # set by rewards.score
     sample_idx: int = 0       # index of this episode within its group
+    parent: int | None = None      # sample_idx of the trajectory this one branched from (same group)
+    branch_pos: int | None = None  # index into token_ids where it diverged; earlier tokens are copies
+    prefix_len: int = 0            # leading completion tokens that were a forced prefix (mask 0)
 
     @property
     def n_tool_calls(self) -> int:
@@ -102,6 +106,25 @@ class Trajectory:
 
     def full_mask(self) -> list[int]:
         return [0] * len(self.prompt_ids) + list(self.mask)
+
+    def tool_turns(self) -> set[int]:
+        """Turns that made a tool call (prefix calls included: their observation is what the next
+        turn of the policy reads)."""
+        return {c.turn for c in self.tool_calls}
+
+
+def post_tool_gate(mask: list[int], turn_idx: list[int], tool_turns: set[int]) -> list[int]:
+    """THE post-tool gate (METHODS.md §1.2) [code]: 1 on sampled tokens (mask 1) whose turn directly
+    follows a turn that made a tool call, else 0. The only definition; rollout fills
+    Trajectory.post_tool with it, explore and the tests read or recompute it from here.
+
+    Forced tokens (tool output, a forced prefix) have mask 0 and are never gated. A row that starts
+    from a forced prefix ending with a call + observation continues in the next turn, which IS
+    post-tool because the prefix's call is in `tool_turns`. A branched row copies its parent's turn
+    structure up to the fork, so the same rule holds on both sides of the fork.
+    mask, turn_idx: per completion token (same length); tool_turns: turns with a call.
+    """
+    return [int(m == 1 and (k - 1) in tool_turns) for m, k in zip(mask, turn_idx)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,6 +153,11 @@ def trajectory_from_row(row: dict[str, Any]) -> Trajectory:
     kw["tool_calls"] = [ToolCall(**c) for c in calls]
     if kw.get("reward") is not None and pd.isna(kw["reward"]):
         kw["reward"] = None
+    for k in ("parent", "branch_pos"):    # parquet stores a column with missing ints as floats
+        v = kw.get(k)
+        kw[k] = None if v is None or pd.isna(v) else int(v)
+    if "prefix_len" in kw:
+        kw["prefix_len"] = int(kw["prefix_len"])
     return Trajectory(**kw)
 
 
@@ -143,6 +171,27 @@ def trajectories_frame(trajs: Iterable[Trajectory]) -> pd.DataFrame:
         r.pop("tool_calls")
         rows.append(r)
     return pd.DataFrame(rows)
+
+
+def tree_frame(trajs: Iterable[Trajectory]) -> pd.DataFrame:
+    """The rollout tree, one row per trajectory: group_id, sample_idx, parent, branch_pos,
+    prefix_len, depth (0 = a root), n_tokens, n_tool_calls, reward. Rebuilds from the run store
+    (RunStore.read_step) because parent / branch_pos / prefix_len are stored per trajectory."""
+    trajs = list(trajs)
+    by_key = {(t.group_id, t.sample_idx): t for t in trajs}
+
+    def depth(t: Trajectory) -> int:
+        d = 0
+        while t.parent is not None and (t.group_id, t.parent) in by_key and d <= len(trajs):
+            t, d = by_key[(t.group_id, t.parent)], d + 1
+        return d
+
+    return pd.DataFrame([{
+        "group_id": t.group_id, "sample_idx": t.sample_idx, "parent": t.parent,
+        "branch_pos": t.branch_pos, "prefix_len": t.prefix_len, "depth": depth(t),
+        "n_tokens": len(t.token_ids), "n_tool_calls": t.n_tool_calls, "reward": t.reward,
+    } for t in trajs], columns=["group_id", "sample_idx", "parent", "branch_pos", "prefix_len",
+                                "depth", "n_tokens", "n_tool_calls", "reward"])
 
 
 def tokens_frame(trajs: Iterable[Trajectory], traj_index: Iterable[int] | None = None) -> pd.DataFrame:

@@ -32,14 +32,15 @@ import concurrent.futures as cf
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from .engine import KVEngine, make_engine
-from .records import ToolCall, Trajectory
+from .branches import BranchPolicy, Prefix
+from .records import ToolCall, Trajectory, post_tool_gate
 from .toolcall import find_tool_call, format_observation, has_boxed, is_valid_call
 
 
@@ -89,6 +90,10 @@ class RolloutStats:
     n_tool_calls: int = 0
     n_valid_calls: int = 0
     obs_truncated: int = 0           # observations cut to obs_max_chars / obs_max_tokens
+    prefix_tokens: int = 0           # forced prefix tokens (mask 0) over all rows
+    n_branches: int = 0              # forks at a position > 0 (branch_policy)
+    fresh_rows: int = 0              # forks at position 0: new rows from the prompt
+    branch_refused: int = 0          # forks refused: no free row, unknown source, or bad position
     finish: dict = field(default_factory=dict)
 
     @property
@@ -102,16 +107,87 @@ class RolloutStats:
         return {prefix + k: v for k, v in d.items()}
 
 
-@dataclass
-class _Row:
-    """Mutable state of one episode while it is being generated."""
+class Episode:
+    """The state of one episode while it is generated: its records so far and where its turns are."""
 
-    traj: Trajectory
-    turn_start: int = 0              # index in traj.token_ids where the current turn began
-    future: cf.Future | None = None  # pending tool call
-    call_code: str = ""
-    boxed_in_turn: bool = False      # the turn that made the pending call already wrote \boxed{
-    done: bool = False
+    def __init__(self, traj: Trajectory, max_turns: int, task: int, turn_starts: list[int] | None = None):
+        self.traj = traj
+        self.task = task                        # index of its task in generate's `tasks`
+        self.max_turns = max_turns              # cfg.max_turns + the prefix's extra_turns
+        self.turn_starts = turn_starts or [0]   # index in traj.token_ids where each turn began
+        self.tool_turns = traj.tool_turns()     # turns that made a call (for the post-tool gate)
+        self.future: cf.Future | None = None    # pending tool call
+        self.call_code = ""
+        self.boxed_in_turn = False              # the turn that made the pending call wrote \boxed{
+        self.done = False
+
+    @classmethod
+    def start(cls, traj: Trajectory, cfg: "RolloutConfig", task: int, prefix: Prefix | None) -> "Episode":
+        if prefix is None:
+            return cls(traj, cfg.max_turns, task)
+        if len(prefix.token_ids) >= cfg.max_new_tokens:
+            raise ValueError(f"a prefix of {len(prefix.token_ids)} tokens leaves no room in "
+                             f"max_new_tokens={cfg.max_new_tokens}")
+        n = len(prefix.token_ids)
+        traj.token_ids, traj.turn_idx = list(prefix.token_ids), list(prefix.turn_idx)
+        traj.mask, traj.logprobs, traj.entropies, traj.post_tool = [0] * n, [0.0] * n, [0.0] * n, [0] * n
+        traj.tool_calls, traj.n_turns, traj.prefix_len = list(prefix.tool_calls), prefix.n_turns, n
+        return cls(traj, cfg.max_turns + prefix.extra_turns, task, list(prefix.turn_starts))
+
+    @property
+    def turn_start(self) -> int:
+        return self.turn_starts[-1]
+
+    @property
+    def waiting(self) -> bool:
+        return self.future is not None
+
+    def record(self, token: int, mask: int, logprob: float, entropy: float) -> None:
+        tr, turn = self.traj, self.traj.n_turns - 1
+        tr.token_ids.append(token)
+        tr.mask.append(mask)
+        tr.logprobs.append(logprob if mask else 0.0)
+        tr.entropies.append(entropy if mask else 0.0)
+        tr.turn_idx.append(turn)
+        tr.post_tool.append(post_tool_gate((mask,), (turn,), self.tool_turns)[0])
+
+    def end(self, reason: str) -> None:
+        self.done = True
+        self.traj.finish_reason = reason
+        self.traj.truncated = reason == "token_budget"
+
+    def next_turn(self) -> None:
+        self.traj.n_turns += 1
+        self.turn_starts.append(len(self.traj.token_ids))
+
+    def can_fork(self, pos: int, max_new_tokens: int) -> bool:
+        """May a new row continue from completion position pos? Only where the policy would sample
+        next: the prompt (0), a turn start, or after a sampled token of a live turn; never inside a
+        prefix, a tool call's observation, or after the episode's last token."""
+        tr, n = self.traj, len(self.traj.token_ids)
+        if pos == 0:
+            return True
+        if not tr.prefix_len <= pos <= n or pos >= max_new_tokens:
+            return False
+        if pos in self.turn_starts:
+            return True
+        if pos < n:
+            return tr.mask[pos - 1] == 1 and tr.mask[pos] == 1
+        return tr.mask[pos - 1] == 1 and not self.done and not self.waiting
+
+    def fork(self, pos: int, sample_idx: int, fresh_max_turns: int) -> "Episode":
+        """A copy of this episode's records up to pos (pos 0: a fresh episode from the prompt)."""
+        tr = self.traj
+        k = max(i for i, s in enumerate(self.turn_starts) if s <= pos) if pos else 0
+        child = replace(
+            tr, token_ids=tr.token_ids[:pos], mask=tr.mask[:pos], logprobs=tr.logprobs[:pos],
+            entropies=tr.entropies[:pos], turn_idx=tr.turn_idx[:pos], post_tool=tr.post_tool[:pos],
+            tool_calls=[c for c in tr.tool_calls if c.turn < k] if pos else [], n_turns=k + 1,
+            finish_reason="", truncated=False, void_turn=False, reward=None, text="",
+            sample_idx=sample_idx, parent=tr.sample_idx if pos else None,
+            branch_pos=pos if pos else None, prefix_len=tr.prefix_len if pos else 0)
+        return Episode(child, self.max_turns if pos else fresh_max_turns, self.task,
+                       self.turn_starts[:k + 1])
 
 
 def stop_token_ids(tokenizer, model=None) -> set[int]:
@@ -133,6 +209,16 @@ def _trigger_table(tokenizer, vocab: int, chars: str) -> torch.Tensor:
 
 
 _TRIGGERS: dict[tuple, torch.Tensor] = {}
+
+
+def _trigger(tok, model, protocol: str) -> torch.Tensor:
+    vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") \
+        and model.get_output_embeddings() is not None else len(tok)
+    chars = "`" if protocol == "fenced" else ">"
+    key = (id(tok), vocab, chars)
+    if key not in _TRIGGERS:
+        _TRIGGERS[key] = _trigger_table(tok, vocab, chars)
+    return _TRIGGERS[key]
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None):
@@ -157,8 +243,16 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
 
 
 def generate(model, tokenizer, tasks: Sequence, cfg: RolloutConfig, *, pool=None,
-             prompts: Sequence[str] | None = None, group_offset: int = 0, progress: bool = False):
+             prompts: Sequence[str] | None = None, group_offset: int = 0, progress: bool = False,
+             prefixes: Sequence[Sequence[Prefix | None]] | None = None,
+             branch_policy: BranchPolicy | None = None, max_rows: int | None = None):
     """Roll out cfg.group_size episodes per task. Returns (list[Trajectory], RolloutStats).
+
+    prefixes: per task, G entries (branches.Prefix or None): row g of task i starts with
+    prefixes[i][g] forced (mask 0); rows sharing a prompt and prefix are prefilled once.
+    branch_policy: branches.BranchPolicy, asked once per decode step for Forks; max_rows: rows per
+    task (>= G; default G, i.e. no room to fork). Trajectories come out per task, by sample_idx;
+    a fork gets the next free sample_idx of its task and records parent / branch_pos.
 
     tasks: tasks.Task objects (id, prompt, answer); prompts: optional already-rendered prompt
     strings, one per task (default: tasks.render_prompt with cfg.template / cfg.n_demos).
@@ -174,154 +268,197 @@ def generate(model, tokenizer, tasks: Sequence, cfg: RolloutConfig, *, pool=None
     if own_pool:
         from .sandbox import SandboxConfig, SandboxPool
         pool = SandboxPool(config=SandboxConfig(timeout_s=cfg.tool_timeout_s))
+    t0 = time.perf_counter()
     try:
-        return _generate(model, tokenizer, tasks, prompts, cfg, pool, group_offset, progress)
+        ro = _Rollout(model, tokenizer, tasks, prompts, cfg, pool, group_offset, prefixes,
+                      branch_policy, max_rows)
+        trajs = ro.run(progress)
     finally:
         if own_pool:
             pool.close()
-
-
-def _generate(model, tok, tasks, prompts, cfg: RolloutConfig, pool, group_offset, progress):
-    t0 = time.perf_counter()
-    stats = RolloutStats()
-    G, n_tasks = cfg.group_size, len(tasks)
-    n = G * n_tasks
-    gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
-    stops = stop_token_ids(tok, model)
-    vocab = model.get_output_embeddings().weight.shape[0] if hasattr(model, "get_output_embeddings") \
-        and model.get_output_embeddings() is not None else len(tok)
-    chars = "`" if cfg.protocol == "fenced" else ">"
-    key = (id(tok), vocab, chars)
-    if key not in _TRIGGERS:
-        _TRIGGERS[key] = _trigger_table(tok, vocab, chars)
-    trigger = _TRIGGERS[key]
-
-    prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
-    capacity = max(map(len, prompt_ids)) + cfg.max_new_tokens + 2
-    engine = make_engine(model, n, capacity, cfg.backend, pad_id=tok.pad_token_id or 0)
-    rows = []
-    for ti, task in enumerate(tasks):
-        for g in range(G):
-            rows.append(_Row(Trajectory(
-                task_id=task.id, group_id=group_offset + ti, sample_idx=g, prompt_ids=prompt_ids[ti],
-                token_ids=[], mask=[], logprobs=[], entropies=[], turn_idx=[], post_tool=[],
-                answer=task.answer, prompt_text=prompts[ti], n_turns=1)))
-
-    def forward(row_idx: list[int], chunks: list[list[int]]) -> torch.Tensor:
-        """Feed chunks[i] to row row_idx[i]; (len(row_idx), V) logits after each last token."""
-        t = time.perf_counter()
-        if isinstance(engine, KVEngine) and len(row_idx) > n // 2 and len(row_idx) < n:
-            # Most rows take part: run them all (idle rows get 0 valid tokens) so the KV engine
-            # reads its cache as a view instead of gathering a copy of each participant's rows.
-            full = [[] for _ in range(n)]
-            for r, c in zip(row_idx, chunks):
-                full[r] = c
-            t_out = _forward_rows(list(range(n)), [c or [0] for c in full], [len(c) for c in full])
-            stats.forward_s += time.perf_counter() - t
-            return t_out[torch.tensor(row_idx)]
-        out = _forward_rows(row_idx, chunks, [len(c) for c in chunks])
-        stats.forward_s += time.perf_counter() - t
-        return out
-
-    def _forward_rows(row_idx: list[int], chunks: list[list[int]], n_valid: list[int]) -> torch.Tensor:
-        width = max(map(len, chunks))
-        toks = torch.full((len(chunks), width), tok.pad_token_id or 0, dtype=torch.long)
-        for i, c in enumerate(chunks):
-            toks[i, :len(c)] = torch.tensor(c)
-        nv = torch.tensor(n_valid)
-        dev = getattr(engine, "device", torch.device("cpu"))
-        return engine.forward(torch.tensor(row_idx, device=dev), toks.to(dev), nv.to(dev))
-
-    # Prefill each distinct prompt once, then fork its cache to the other G-1 rows of its group.
-    firsts = list(range(0, n, G))
-    first_logits = forward(firsts, prompt_ids)                                  # (n_tasks, V)
-    if G > 1:
-        src = torch.tensor([f for f in firsts for _ in range(G - 1)])
-        dst = torch.tensor([f + g for f in firsts for g in range(1, G)])
-        dev = getattr(engine, "device", torch.device("cpu"))
-        engine.fork(src.to(dev), dst.to(dev))
-    ready = {r: first_logits[r // G] for r in range(n)}   # rows with fresh logits to sample from
-
-    bar = _progress(n, progress)
-    while True:
-        # 1. sample one token for every row that has fresh logits, and apply the episode rules
-        to_decode: list[int] = []
-        if ready:
-            idx = sorted(ready)
-            logits = torch.stack([ready[r] for r in idx])
-            toks, lps, ents = sample(logits, cfg.temperature, cfg.top_p, gen)
-            ready = {}
-            for r, t, lp, h in zip(idx, toks.tolist(), lps.tolist(), ents.tolist()):
-                row = rows[r]
-                _record(row.traj, t, 1, lp, h)
-                stats.sampled_tokens += 1
-                if _after_sample(row, t, tok, cfg, stops, trigger, pool, stats):
-                    to_decode.append(r)
-                if row.done:
-                    bar.update(1)
-        # 2. collect finished tool calls and queue their observations as forced tokens
-        forced: dict[int, list[int]] = {}
-        waiting = [r for r, row in enumerate(rows) if row.future is not None]
-        if waiting and not to_decode:
-            t = time.perf_counter()    # every live row waits on a tool: block for the first result
-            cf.wait([rows[r].future for r in waiting], return_when=cf.FIRST_COMPLETED)
-            stats.tool_wait_s += time.perf_counter() - t
-        for r in waiting:
-            if rows[r].future.done():
-                obs = _finish_call(rows[r], tok, cfg, stats)
-                if obs:
-                    forced[r] = obs
-                if rows[r].done:
-                    bar.update(1)
-        # 3. one forward for the decoding rows, one for the rows receiving tool output
-        if to_decode:
-            out = forward(to_decode, [[rows[r].traj.token_ids[-1]] for r in to_decode])
-            ready.update(zip(to_decode, out))
-        if forced:
-            fr = sorted(forced)
-            out = forward(fr, [forced[r] for r in fr])
-            ready.update(zip(fr, out))
-        if not ready and not any(row.future is not None for row in rows):
-            break
-    bar.close()
-
-    trajs = [row.traj for row in rows]
+    stats = ro.stats
     for tr in trajs:
-        tr.text = tok.decode(tr.token_ids, skip_special_tokens=True)
+        tr.text = tokenizer.decode(tr.token_ids, skip_special_tokens=True)
         stats.finish[tr.finish_reason] = stats.finish.get(tr.finish_reason, 0) + 1
-    stats.n_episodes = n
+    stats.n_episodes = len(trajs)
     stats.wall_s = time.perf_counter() - t0
     return trajs, stats
 
 
-def _record(tr: Trajectory, token: int, mask: int, logprob: float, entropy: float) -> None:
-    tr.token_ids.append(token)
-    tr.mask.append(mask)
-    tr.logprobs.append(logprob if mask else 0.0)
-    tr.entropies.append(entropy if mask else 0.0)
-    turn = tr.n_turns - 1
-    tr.turn_idx.append(turn)
-    # post-tool gate: sampled tokens of a turn that follows a turn with a tool call. Turns only
-    # advance past a tool call, so every turn after the first qualifies (METHODS.md §1.2).
-    tr.post_tool.append(int(mask == 1 and turn >= 1))
+class _Rollout:
+    """One call of generate(): engine rows (M per task, the first G live), the decode loop, forks."""
+
+    def __init__(self, model, tok, tasks, prompts, cfg: RolloutConfig, pool, group_offset: int,
+                 prefixes, branch_policy, max_rows: int | None):
+        self.tok, self.cfg, self.pool, self.policy = tok, cfg, pool, branch_policy
+        self.stats = RolloutStats()
+        G = cfg.group_size
+        self.M = max_rows or G                      # rows per task: G live at the start + spares
+        if self.M < G:
+            raise ValueError(f"max_rows={max_rows} must be >= group_size={G}")
+        if prefixes is not None and (len(prefixes) != len(tasks) or any(len(p) != G for p in prefixes)):
+            raise ValueError(f"prefixes must hold {len(tasks)} lists (one per task) of {G} entries")
+        self.gen = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
+        self.stops = stop_token_ids(tok, model)
+        self.trigger = _trigger(tok, model, cfg.protocol)
+        self.prompt_ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
+        n_slots = self.M * len(tasks)
+        capacity = max(map(len, self.prompt_ids)) + cfg.max_new_tokens + 2
+        self.engine = make_engine(model, n_slots, capacity, cfg.backend, pad_id=tok.pad_token_id or 0)
+        self.dev = getattr(self.engine, "device", torch.device("cpu"))
+        self.rows: list[Episode | None] = [None] * n_slots
+        for ti, task in enumerate(tasks):
+            for g in range(G):
+                traj = Trajectory(
+                    task_id=task.id, group_id=group_offset + ti, sample_idx=g, prompt_ids=self.prompt_ids[ti],
+                    token_ids=[], mask=[], logprobs=[], entropies=[], turn_idx=[], post_tool=[],
+                    answer=task.answer, prompt_text=prompts[ti], n_turns=1)
+                self.rows[ti * self.M + g] = Episode.start(traj, cfg, ti, prefixes[ti][g] if prefixes else None)
+        self.ready: dict[int, torch.Tensor] = {}   # slot -> fresh logits to sample from
+
+    # -- model forwards
+    def forward(self, slots: list[int], chunks: list[list[int]]) -> None:
+        """Feed chunks[i] to slot slots[i]; the logits after each last token become ready."""
+        t = time.perf_counter()
+        n = len(self.rows)
+        if isinstance(self.engine, KVEngine) and n // 2 < len(slots) < n:
+            # Most rows take part: run them all (idle rows get 0 valid tokens) so the KV engine
+            # reads its cache as a view instead of gathering a copy of each participant's rows.
+            full = [[] for _ in range(n)]
+            for r, c in zip(slots, chunks):
+                full[r] = c
+            out = self._forward_rows(list(range(n)), [c or [0] for c in full], [len(c) for c in full])
+            out = out[torch.tensor(slots, device=out.device)]
+        else:
+            out = self._forward_rows(slots, chunks, [len(c) for c in chunks])
+        self.stats.forward_s += time.perf_counter() - t
+        self.ready.update(zip(slots, out))
+
+    def _forward_rows(self, slots: list[int], chunks: list[list[int]], n_valid: list[int]) -> torch.Tensor:
+        width = max(map(len, chunks))
+        toks = torch.full((len(chunks), width), self.tok.pad_token_id or 0, dtype=torch.long)
+        for i, c in enumerate(chunks):
+            toks[i, :len(c)] = torch.tensor(c)
+        return self.engine.forward(torch.tensor(slots, device=self.dev), toks.to(self.dev),
+                                   torch.tensor(n_valid, device=self.dev))
+
+    def prefill(self) -> None:
+        """Prefill each distinct (prompt, prefix) once and fork its cache to the rows that share it."""
+        first: dict[tuple, int] = {}
+        src, dst = [], []
+        for s, row in enumerate(self.rows):
+            if row is None:
+                continue
+            key = (row.task, tuple(row.traj.token_ids))
+            if key in first:
+                src.append(first[key])
+                dst.append(s)
+            else:
+                first[key] = s
+        heads = list(first.values())
+        self.forward(heads, [self.rows[s].traj.full_ids() for s in heads])
+        self.stats.prefix_tokens += sum(r.traj.prefix_len for r in self.rows if r is not None)
+        if dst:
+            self.engine.fork(torch.tensor(src, device=self.dev), torch.tensor(dst, device=self.dev))
+            for s, d in zip(src, dst):
+                self.ready[d] = self.ready[s]
+
+    # -- the loop
+    def run(self, progress: bool) -> list[Trajectory]:
+        bar = _progress(sum(r is not None for r in self.rows), progress)
+        self.prefill()
+        while True:
+            to_decode = self.sample_ready(bar)
+            forced = self.collect_tools(wait=not to_decode, bar=bar)
+            if to_decode:
+                self.forward(to_decode, [[self.rows[s].traj.token_ids[-1]] for s in to_decode])
+            if forced:
+                fr = sorted(forced)
+                self.forward(fr, [forced[s] for s in fr])
+            if self.policy is not None:
+                self.apply_forks()     # after the forwards: every row's cache holds its records
+            if not self.ready and not any(r is not None and r.waiting for r in self.rows):
+                break
+        bar.close()
+        return [r.traj for r in self.rows if r is not None]
+
+    def sample_ready(self, bar) -> list[int]:
+        """Sample one token for every slot with fresh logits; apply the episode rules. Returns the
+        slots that keep decoding."""
+        if not self.ready:
+            return []
+        idx = sorted(self.ready)
+        toks, lps, ents = sample(torch.stack([self.ready[s] for s in idx]), self.cfg.temperature,
+                                 self.cfg.top_p, self.gen)
+        self.ready = {}
+        keep = []
+        for s, t, lp, h in zip(idx, toks.tolist(), lps.tolist(), ents.tolist()):
+            row = self.rows[s]
+            row.record(t, 1, lp, h)
+            self.stats.sampled_tokens += 1
+            if _after_sample(row, t, self.tok, self.cfg, self.stops, self.trigger, self.pool):
+                keep.append(s)
+            if row.done:
+                bar.update(1)
+        return keep
+
+    def collect_tools(self, wait: bool, bar) -> dict[int, list[int]]:
+        """Finished tool calls -> forced observation tokens per slot (blocks for the first result
+        when `wait` and no row can decode)."""
+        waiting = [s for s, r in enumerate(self.rows) if r is not None and r.waiting]
+        if waiting and wait:
+            t = time.perf_counter()
+            cf.wait([self.rows[s].future for s in waiting], return_when=cf.FIRST_COMPLETED)
+            self.stats.tool_wait_s += time.perf_counter() - t
+        forced = {}
+        for s in waiting:
+            if self.rows[s].future.done():
+                obs = _finish_call(self.rows[s], self.tok, self.cfg, self.stats)
+                if obs:
+                    forced[s] = obs
+                if self.rows[s].done:
+                    bar.update(1)
+        return forced
+
+    def apply_forks(self) -> None:
+        """Ask the branch policy for forks; place each in a spare slot of its task. A fork copies
+        the source's cache truncated to the tokens before position pos - 1 and re-feeds that one
+        token, whose logits are the child's first sampling distribution: no re-prefill."""
+        by_task = [[r for r in self.rows[t * self.M:(t + 1) * self.M] if r is not None]
+                   for t in range(len(self.rows) // self.M)]
+        free = [self.M - len(eps) for eps in by_task]
+        new, src, dst, keep = [], [], [], []
+        for f in self.policy(by_task, list(free)):
+            parent = next((e for e in by_task[f.task] if e.traj.sample_idx == f.sample_idx), None)
+            if parent is None or free[f.task] == 0 or not parent.can_fork(f.pos, self.cfg.max_new_tokens):
+                self.stats.branch_refused += 1
+                continue
+            slot = f.task * self.M + self.M - free[f.task]
+            free[f.task] -= 1
+            child = parent.fork(f.pos, slot - f.task * self.M, self.cfg.max_turns)
+            self.rows[slot] = child
+            by_task[f.task].append(child)
+            self.stats.n_branches += f.pos > 0
+            self.stats.fresh_rows += f.pos == 0
+            src.append(self.rows.index(parent))
+            dst.append(slot)
+            keep.append(len(parent.traj.prompt_ids) + f.pos - 1)
+        if dst:
+            self.engine.fork(torch.tensor(src, device=self.dev), torch.tensor(dst, device=self.dev),
+                             torch.tensor(keep, device=self.dev))
+            self.forward(dst, [[self.rows[s].traj.full_ids()[k]] for s, k in zip(dst, keep)])
 
 
-def _end(row: _Row, reason: str) -> None:
-    row.done = True
-    row.traj.finish_reason = reason
-    row.traj.truncated = reason == "token_budget"
-
-
-def _after_sample(row: _Row, token: int, tok, cfg: RolloutConfig, stops, trigger, pool, stats) -> bool:
+def _after_sample(row: Episode, token: int, tok, cfg: RolloutConfig, stops, trigger, pool) -> bool:
     """Apply the episode rules after a sampled token. True = keep decoding this row."""
     tr = row.traj
     if token in stops and not cfg.ignore_eos:
         turn_text = tok.decode(tr.token_ids[row.turn_start:], skip_special_tokens=True)
         if has_boxed(turn_text):
-            _end(row, "boxed")
+            row.end("boxed")
         else:
             tr.void_turn = True
-            _end(row, "void_turn" if cfg.tools else "eos")
+            row.end("void_turn" if cfg.tools else "eos")
         return False
     if cfg.tools and bool(trigger[token]):
         turn_text = tok.decode(tr.token_ids[row.turn_start:], skip_special_tokens=True)
@@ -332,12 +469,12 @@ def _after_sample(row: _Row, token: int, tok, cfg: RolloutConfig, stops, trigger
             row.boxed_in_turn = has_boxed(turn_text[:call.start])
             return False
     if len(tr.token_ids) >= cfg.max_new_tokens:
-        _end(row, "token_budget")
+        row.end("token_budget")
         return False
     return True
 
 
-def _finish_call(row: _Row, tok, cfg: RolloutConfig, stats: RolloutStats) -> list[int]:
+def _finish_call(row: Episode, tok, cfg: RolloutConfig, stats: RolloutStats) -> list[int]:
     """Turn a completed tool call into forced observation tokens and apply the turn-end rules."""
     tr = row.traj
     res = row.future.result()
@@ -356,20 +493,20 @@ def _finish_call(row: _Row, tok, cfg: RolloutConfig, stats: RolloutStats) -> lis
         turn=tr.n_turns - 1, protocol=cfg.protocol, code=row.call_code, status=res.status,
         stdout=res.stdout, stderr=res.stderr, duration_s=res.duration_s, tier=res.tier,
         observation=tok.decode(ids), valid=valid))
+    row.tool_turns.add(tr.n_turns - 1)
     stats.n_tool_calls += 1
     stats.n_valid_calls += int(valid)
     stats.forced_tokens += len(ids)
     for t in ids:
-        _record(tr, t, 0, 0.0, 0.0)
+        row.record(t, 0, 0.0, 0.0)
     if cut:
-        _end(row, "token_budget")
+        row.end("token_budget")
     elif row.boxed_in_turn or has_boxed(res.stdout):
-        _end(row, "boxed")
-    elif tr.n_turns >= cfg.max_turns:
-        _end(row, "max_turns")
+        row.end("boxed")
+    elif tr.n_turns >= row.max_turns:
+        row.end("max_turns")
     else:
-        tr.n_turns += 1                     # the next turn starts after the observation
-        row.turn_start = len(tr.token_ids)
+        row.next_turn()                     # the next turn starts after the observation
         # the call's closing token was sampled but never fed to the model: feed it first
         return [tr.token_ids[-len(ids) - 1]] + ids if ids else [tr.token_ids[-1]]
     return []

@@ -10,10 +10,10 @@ import torch
 
 from tao_lab.advantages import (
     ShapingConfig, additive_bonus, arpo_branch_probability, avg_at_k, entropy_zscore, group_advantages,
-    pass_at_k, pass_at_k_mean, post_tool_from_trajectory, post_tool_gate, reshape_multiplicative,
-    shape_advantages, token_entropy, token_logprobs, token_logprobs_and_entropy, tool_turn_flags,
+    pass_at_k, pass_at_k_mean, reshape_multiplicative, shape_advantages, token_entropy, token_logprobs,
+    token_logprobs_and_entropy,
 )
-from tao_lab.records import ToolCall, Trajectory
+from tao_lab.records import ToolCall, Trajectory, post_tool_gate
 
 
 def _g(seed: int = 0) -> torch.Generator:
@@ -154,21 +154,20 @@ def _tool_traj() -> Trajectory:
                       tool_calls=[_call(0, True), _call(1, False)], reward=1.0)
 
 
-def test_post_tool_recompute_equals_the_rollout_record():
+def test_post_tool_gate_marks_the_turns_after_a_call_even_after_a_failed_one():
     t = _tool_traj()
-    assert post_tool_from_trajectory(t) == t.post_tool
-
-
-def test_post_tool_gate_tensor_equals_the_trajectory_recompute():
-    t = _tool_traj()
-    gate = post_tool_gate(torch.tensor([t.turn_idx]), torch.tensor([t.mask]), tool_turn_flags([t]))
-    assert gate[0].int().tolist() == post_tool_from_trajectory(t)
+    assert post_tool_gate(t.mask, t.turn_idx, t.tool_turns()) == t.post_tool
 
 
 def test_tool_output_tokens_are_never_gated():
     t = _tool_traj()
-    gate = post_tool_gate(torch.tensor([t.turn_idx]), torch.tensor([t.mask]), tool_turn_flags([t]))
-    assert all(g == 0 for g, m in zip(gate[0].tolist(), t.mask) if m == 0)
+    gate = post_tool_gate(t.mask, t.turn_idx, t.tool_turns())
+    assert all(g == 0 for g, m in zip(gate, t.mask) if m == 0)
+
+
+def test_a_turn_after_a_turn_without_a_call_is_not_gated():
+    # turn 1 follows a call; turn 2 follows turn 1, which made no call (e.g. a forced hint turn)
+    assert post_tool_gate([1, 1, 1], [0, 1, 2], {0}) == [0, 1, 0]
 
 
 # ---------------------------------------------------------------------------------- shaping
