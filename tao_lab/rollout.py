@@ -41,6 +41,7 @@ import torch
 from .engine import KVEngine, make_engine
 from .branches import BranchPolicy, Prefix
 from .records import ToolCall, Trajectory, post_tool_gate
+from .sandbox.common import DEFAULT_TIMEOUT_S
 from .toolcall import find_tool_call, format_observation, has_boxed, is_valid_call
 
 
@@ -55,7 +56,7 @@ class RolloutConfig:
     top_p: float = 1.0               # nucleus sampling; 1.0 = full distribution
     protocol: str = "fenced"         # tool-call syntax: "fenced" (```python) or "tags" (<python>)
     tools: bool = True               # False: plain generation, a tool call does not end the turn
-    tool_timeout_s: float = 3.0      # wall-clock limit per tool call (TAO-RL code: 3 s)
+    tool_timeout_s: float = DEFAULT_TIMEOUT_S  # wall-clock limit per tool call (TAO-RL code: 3 s)
     obs_max_chars: int = 512         # observation text, head+tail truncated to this many characters
     obs_max_tokens: int = 256        # ... and to this many tokens
     silent_is_failure: bool = True   # a call that prints nothing counts as failed (TAO-RL code)

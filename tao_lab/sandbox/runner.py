@@ -1,0 +1,234 @@
+"""The local runner (tiers bubblewrap and rlimits): start an interpreter that sets its limits and
+waits for code, hand it the code, collect capped output, classify how it ended."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .bubblewrap import bwrap_argv
+from .common import ExecResult, SandboxConfig, SandboxError, last_line, signal_name, site_paths
+from .uids import scan_uids, sweep_uid
+
+
+# ----------------------------------------------------------------------------------------------
+# The runner: a few lines executed by the sandboxed interpreter before the user's code. It sets the
+# limits on itself, drops root if asked, then blocks on stdin -- which is what lets a pool start it
+# ahead of time. The code arrives as bytes and stdin is then at EOF (`input()` raises EOFError).
+
+_RUNNER = r"""
+import os, resource, signal, sys
+def _on_cpu_limit(*_):
+    # Die of SIGXCPU so the parent sees a CPU timeout. Under bubblewrap the runner is PID 1, which
+    # the kernel does not let die of its own default-action signal: exit as 128 + SIGXCPU instead.
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGXCPU)
+    os._exit(128 + signal.SIGXCPU)
+def _limits(cpu, mem, fsize, nproc, uid):
+    for which, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, mem, mem),
+                              (resource.RLIMIT_FSIZE, fsize, fsize), (resource.RLIMIT_CORE, 0, 0),
+                              (resource.RLIMIT_NPROC, nproc, nproc)):
+        if soft >= 0:
+            resource.setrlimit(which, (soft, hard))
+    if uid >= 0:
+        os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
+def _report(e, src, main):
+    if isinstance(e, MemoryError):
+        main.__dict__.clear()
+    try:
+        import linecache, traceback
+        lines = src.decode("utf-8", "replace").splitlines(True)
+        linecache.cache["<tool>"] = (len(src), None, lines, "<tool>")
+        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
+        traceback.print_exception(type(e), e, tb)
+    except BaseException:
+        os.write(2, (type(e).__name__ + ": " + str(e) + "\n").encode("utf-8", "replace"))
+def _run():
+    _limits(*map(int, sys.argv[1:6]))
+    signal.signal(signal.SIGXCPU, _on_cpu_limit)
+    sys.path.extend(p for p in sys.argv[6].split(os.pathsep) if p)
+    src = sys.stdin.buffer.read()
+    if not src:
+        os._exit(0)
+    main = type(sys)("__main__")
+    sys.modules["__main__"] = main
+    sys.argv = [""]
+    code = 0
+    try:
+        exec(compile(src, "<tool>", "exec"), main.__dict__)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, int) and e.code is not None:
+            print(e.code, file=sys.stderr)
+    except BaseException as e:
+        _report(e, src, main)
+        code = 1
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except BaseException:
+            pass
+    os._exit(code)
+_run()
+"""
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def _scrubbed_env(home: str) -> dict[str, str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home, "LANG": "C.UTF-8"}
+    env.update({v: "1" for v in _THREAD_VARS})  # numpy/BLAS: one thread, small address space
+    return env
+
+
+
+class Proc:
+    """One started runner, waiting for code on stdin."""
+
+    def __init__(self, cfg: SandboxConfig, tier: str, uid: int):
+        self.cfg, self.tier, self.uid = cfg, tier, uid
+        self.workdir = None
+        self.zombies = 0  # orphaned zombies of our uid left after the kill (see _Slot.run)
+        if tier == "bubblewrap":
+            prefix = list(bwrap_argv(cfg.interpreter, cfg.site_packages, cfg.max_file_mb, os.geteuid() == 0))
+            cwd, env = None, _scrubbed_env("/tmp")
+        else:
+            self.workdir = tempfile.mkdtemp(prefix="tao_lab_sandbox_")
+            if uid >= 0:
+                os.chown(self.workdir, uid, uid)
+            prefix, cwd, env = [], self.workdir, _scrubbed_env(self.workdir)
+        nproc = cfg.max_procs
+        if tier == "rlimits" and uid < 0 and sys.platform.startswith("linux"):
+            live, zombies = scan_uids(range(os.getuid(), os.getuid() + 1)).get(os.getuid(), ([], 0))
+            nproc += len(live) + zombies  # NPROC counts all of *your* processes here
+        args = [str(cfg.cpu_limit_s), str(cfg.memory_mb << 20), str(cfg.max_file_mb << 20),
+                str(nproc), str(uid), os.pathsep.join(site_paths(cfg.site_packages))]
+        argv = prefix + [cfg.interpreter, "-I", "-S", "-B", "-c", _RUNNER] + args
+        try:
+            self.popen = subprocess.Popen(
+                argv, stdin=-1, stdout=-1, stderr=-1, cwd=cwd, env=env, start_new_session=True)
+        except OSError as e:
+            self._remove_workdir()
+            raise SandboxError(f"cannot start the {tier} sandbox ({argv[0]}): {e}") from e
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self, sweep: bool = True):
+        """End the runner and all it started (`sweep=False`: already done), reap it, close its
+        pipes and delete its work dir."""
+        if sweep:
+            kill_tree(self)
+        self.popen.wait()
+        for f in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
+            if f is not None and not f.closed:
+                f.close()
+        self._remove_workdir()
+
+    def _remove_workdir(self):
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Running code on a started runner
+
+
+def execute(proc: Proc, code: str) -> ExecResult:
+    cfg, p = proc.cfg, proc.popen
+    cap = cfg.max_output_bytes
+    bufs = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
+    sizes = dict.fromkeys(bufs, 0)
+    start = time.monotonic()
+    try:
+        p.stdin.write(code.encode("utf-8", "surrogateescape") or b"pass\n")
+        p.stdin.close()
+    except BrokenPipeError:  # the runner died while waiting; its exit status tells the story
+        pass
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    deadline, timed_out, ended_at = start + cfg.timeout_s, False, None
+    while True:
+        now = time.monotonic()
+        if ended_at is None and p.poll() is not None:
+            ended_at = now
+            if proc.tier == "rlimits":  # the runner is done; a daemon it left may hold the pipes
+                kill_tree(proc)
+        if ended_at is None and now >= deadline:
+            timed_out, ended_at = True, now
+            kill_tree(proc)
+        if ended_at is not None and (not sel.get_map() or now - ended_at > 1.0):
+            break  # (the 1 s cut-off: non-root rlimits tier, an escaped daemon holds the pipe)
+        if not sel.get_map():  # the code closed stdout and stderr but still runs
+            try:
+                p.wait(timeout=max(0.0, deadline - now))
+            except subprocess.TimeoutExpired:
+                pass
+            continue
+        for key, _ in sel.select(timeout=max(0.0, min(deadline - now, 0.05))):
+            chunk = os.read(key.fd, 1 << 16)
+            if not chunk:
+                sel.unregister(key.fd)
+                continue
+            room = cap - len(bufs[key.fd])
+            if room > 0:
+                bufs[key.fd] += chunk[:room]
+            sizes[key.fd] += len(chunk)
+    sel.close()
+    rc = p.wait()
+    duration = ended_at - start
+    # Already killed if needed: an exited bubblewrap runner took its PID namespace with it, and the
+    # rlimits tier swept its uid above. This reaps, closes the pipes, removes the work dir.
+    proc.kill(sweep=False)
+    (out_b, err_b), (out_n, err_n) = bufs.values(), sizes.values()  # stdout first, then stderr
+    return _classify(proc, rc, timed_out, duration, out_b, err_b, out_n > cap, err_n > cap)
+
+
+def kill_tree(proc: Proc):
+    """Kill the code and everything it started. The uid sweep goes first so that the runner dies
+    while its parent (bwrap) still lives to reap it, instead of lingering as an orphan zombie."""
+    if proc.uid >= 0:
+        proc.zombies = sweep_uid(proc.uid)
+    try:
+        os.killpg(proc.popen.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _classify(proc: Proc, rc: int, timed_out: bool, duration: float, out_b: bytes, err_b: bytes,
+              out_trunc: bool, err_trunc: bool) -> ExecResult:
+    cfg = proc.cfg
+    stdout = out_b.decode("utf-8", "replace")
+    stderr = err_b.decode("utf-8", "replace")
+    if proc.tier == "bubblewrap" and rc == 1 and stderr.startswith("bwrap: ") and not stdout:
+        raise SandboxError(f"bubblewrap failed to set up the sandbox: {stderr.strip()}")
+    # A signal death: Popen reports -N; bubblewrap reports 128 + N (see module docstring).
+    sig = -rc if rc < 0 else (rc - 128 if proc.tier == "bubblewrap" and rc > 128 else 0)
+    note, exit_code = "", rc
+    if timed_out:
+        status, exit_code = "timeout", None
+        note = f"TimeoutError: the code ran longer than {cfg.timeout_s:g} s and was stopped"
+    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and duration >= cfg.cpu_limit_s):
+        status, exit_code = "timeout", None
+        note = f"TimeoutError: the code used more than {cfg.cpu_limit_s} s of CPU time and was stopped"
+    elif sig:
+        status, exit_code = "killed", None
+        note = f"Killed by signal {signal_name(sig)}"
+    elif rc == 0:
+        status = "ok"
+    else:
+        last = last_line(stderr)
+        status = "memory" if last.split(":", 1)[0].endswith("MemoryError") else "error"
+    if note:
+        stderr = (stderr if not stderr or stderr.endswith("\n") else stderr + "\n") + note + "\n"
+    return ExecResult(status, stdout, stderr, round(duration, 6), proc.tier, exit_code,
+                      out_trunc, err_trunc)
