@@ -182,3 +182,12 @@ def test_a_few_steps_on_the_embedded_model_lower_the_demonstrations_nll(tmp_path
     before = run.nll()
     run.train()
     assert run.nll() < before
+
+
+def test_the_cli_trains_and_resumes_an_sft_run(tmp_path):
+    from tao_lab.cli import main
+    out = str(tmp_path / "run")
+    assert main(["sft", "--preset", "test_tiny", "--steps", "2", "--set", "lr=1e-2", "--out", out, "--quiet-bar"]) == 0
+    assert main(["sft", "--resume", out, "--steps", "3", "--quiet-bar"]) == 0
+    assert list(S.RunStore(out).metrics()["step"]) == [1, 2, 3]
+    assert main(["sft", "--preset", "test_tiny", "--set", "lr=-1", "--out", str(tmp_path / "bad")]) == 2
