@@ -220,6 +220,35 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_sft(args) -> int:
+    """`tao-lab sft`: the supervised stage (tao_lab/sft.py); `--resume RUN_DIR` continues one."""
+    from . import sft
+    from .presets import PRESETS
+
+    if args.resume:
+        run = sft.SFTRun.resume(args.resume, steps=args.steps)
+    else:
+        if args.preset not in PRESETS:
+            print(f"error: unknown preset {args.preset!r}; choose from {list(PRESETS)}", file=sys.stderr)
+            return 2
+        overrides = [f"data={args.data}", f"out_dir={args.out}"] + ([f"steps={args.steps}"] if args.steps else [])
+        try:
+            cfg = sft.apply_overrides(sft.SFTConfig(model=PRESETS[args.preset]().model), overrides + list(args.set or []))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if (Path(cfg.out_dir) / "checkpoints").is_dir() and any((Path(cfg.out_dir) / "checkpoints").iterdir()):
+            print(f"error: {cfg.out_dir} already holds a run; continue it with `tao-lab sft --resume {cfg.out_dir}`",
+                  file=sys.stderr)
+            return 2
+        run = sft.SFTRun(cfg)
+        print(f"sft on {cfg.data}: {run.data_counts} -> {cfg.out_dir}", file=sys.stderr)
+    before = run.nll()
+    run.train(progress=not args.quiet_bar)
+    print(f"NLL of the training set: {before:.3f} -> {run.nll():.3f}; run store: {run.store.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -300,6 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     c.set_defaults(fn=cmd_compare)
+
+    sf = sub.add_parser("sft", help="supervised fine-tuning of the adapter on demonstrations or a run's correct rollouts")
+    sf.add_argument("--data", default="demos", help="demos | demos:tags | FILE.jsonl | RUN_DIR[:STEPS]")
+    sf.add_argument("--preset", default="cpu_demo", help="the model of this train preset (cpu_demo | gpu_qlora | test_tiny)")
+    sf.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="SFTConfig fields, e.g. lr=1e-4 model.lora_r=8")
+    sf.add_argument("--steps", type=int, default=None, help="shortcut for --set steps=N")
+    sf.add_argument("--out", default="runs/sft")
+    sf.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an SFT run from its newest checkpoint")
+    sf.add_argument("--quiet-bar", action="store_true")
+    sf.set_defaults(fn=cmd_sft)
     return p
 
 
