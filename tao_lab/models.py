@@ -243,6 +243,9 @@ def finish_policy(model, cfg: ModelConfig):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        from .update import keep_4bit_differentiable
+
+        keep_4bit_differentiable(model)   # CPU: never repack into the no-autograd inference layout
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.gradient_checkpointing:

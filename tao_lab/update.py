@@ -177,6 +177,37 @@ def plan_micro_batches(trajs: list[Trajectory], size: int, share_prompt: bool) -
     return [rows[s:s + size] for rows in by_prompt.values() for s in range(0, len(rows), size)]
 
 
+def keep_4bit_differentiable(model) -> int:
+    """Keep every bitsandbytes 4-bit layer on its differentiable kernel; returns how many were repacked.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.49+) repacks a Linear4bit's weight into an inference
+    layout the first time it runs in eval mode without gradients (every rollout does), and from
+    then on EVERY forward, training included and whatever its shape, takes `gemv_4bit`, which has
+    no autograd kernel: the backward through the frozen base is wrong (measured on a tiny Llama,
+    LoRA r=4 on all linear layers, vs the same weights dequantised to fp32: LoRA gradients off by
+    200% at 1x1 tokens, 150% at 2x1, 41% at 2x24; exact after this call). The repack also rounds the
+    block scales to bf16, so a pack/unpack round trip per step would drift the base weights: the
+    repack is switched off for good instead (`support_avx512bf16_for_cpu = False`), and a weight
+    already packed is unpacked once. models.finish_policy calls this at load; update_policy calls it
+    again in case a model was built elsewhere. CUDA layers are never repacked: a no-op there.
+    """
+    try:
+        import bitsandbytes as bnb
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    except ImportError:   # no bitsandbytes: there is no 4-bit layer to fix
+        return 0
+    n = 0
+    for m in model.modules():
+        if not isinstance(m, bnb.nn.Linear4bit):
+            continue
+        m.support_avx512bf16_for_cpu = False
+        w = m.weight
+        if getattr(w.quant_state, "packing_format_for_cpu", False):
+            w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
+            n += 1
+    return n
+
+
 def checkpointing_on(model) -> bool:
     """Is activation checkpointing on anywhere in the model? (It drops a passed KV cache.)"""
     return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
@@ -227,6 +258,7 @@ def update_policy(model, optimizer, batch: UpdateBatch, params: list[torch.nn.Pa
     signals from there on, so that an interrupt never leaves the weights updated but the step unrecorded).
     """
     device = params[0].device
+    repacked = keep_4bit_differentiable(model)                 # QLoRA on CPU: see its docstring
     temperature = temperature or 1.0                           # records use T=1 for greedy rollouts
     loss_cfg = loss if loss.max_len is not None or loss.agg != "drgrpo" \
         else replace(loss, max_len=max_new_tokens)             # one constant across micro-batches
@@ -277,6 +309,7 @@ def update_policy(model, optimizer, batch: UpdateBatch, params: list[torch.nn.Pa
     r = torch.cat(ratios) if ratios else torch.zeros(0)
     out.update({
         "update/rows": n, "update/micro_batches": len(mbs) * cfg.epochs, "update/shared_prompt": float(share),
+        "update/4bit_layers_unpacked": float(repacked),
         "update/logp_rollout_diff_max": float(d.max()) if d.numel() else 0.0,
         "update/logp_rollout_diff_mean": float(d.mean()) if d.numel() else 0.0,
         "shaping/adv_ratio_p05": float(r.quantile(0.05)) if r.numel() else 1.0,
