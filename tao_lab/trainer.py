@@ -254,9 +254,9 @@ def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[s
     by_group: dict[int, list[float]] = {}
     for t in trajs:
         by_group.setdefault(t.group_id, []).append(float(t.reward or 0.0))
-    spread = [np.std(r, ddof=1) if len(r) > 1 else 0.0 for r in by_group.values()]
-    all_right = sum(s < 1e-3 and np.mean(r) > 0 for s, r in zip(spread, by_group.values()))
-    all_wrong = sum(s < 1e-3 and np.mean(r) <= 0 for s, r in zip(spread, by_group.values()))
+    flat = [filters_mod.is_degenerate(r) for r in by_group.values()]   # singletons count as degenerate
+    all_right = sum(d and np.mean(r) > 0 for d, r in zip(flat, by_group.values()))
+    all_wrong = sum(d and np.mean(r) <= 0 for d, r in zip(flat, by_group.values()))
     n_groups = max(len(by_group), 1)
     return {
         # every group of the step, whatever the filters do (for GRPO this is what Filter B would drop)
@@ -266,7 +266,7 @@ def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[s
         "tool/calls_per_traj": calls / n,
         "tool/used_rate": sum(t.n_tool_calls > 0 for t in trajs) / n,
         "tool/success_rate": valid / calls if calls else float("nan"),
-        "tool/all_failed_rate": sum(t.n_tool_calls > 0 and t.n_valid_calls == 0 for t in trajs) / n,
+        "tool/all_failed_rate": sum(filters_mod.all_tools_failed(t) for t in trajs) / n,
         "tool/void_turn_rate": sum(t.void_turn for t in trajs) / n,
         "tool/truncated_rate": sum(t.truncated for t in trajs) / n,
         "filter/b_drop_rate": (fres.counts.get("filter_b/all_correct", 0) + fres.counts.get("filter_b/all_wrong", 0)) / groups,
