@@ -209,12 +209,18 @@ class ShapingConfig:
     kappa: float = 2.0            # additive bonus κ: bonus capped at |A|/κ, so a negative A never flips
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("kind", self.kind, SHAPERS), ("gate", self.gate, GATES),
-                                     ("z_scope", self.z_scope, Z_SCOPES)):
-            if value not in allowed:
-                raise ValueError(f"ShapingConfig.{name}={value!r}; choose from {list(allowed)}")
+        from tao_lab import checks
+
+        checks.choice(self, "kind", SHAPERS)
+        checks.choice(self, "gate", GATES)
+        checks.choice(self, "z_scope", Z_SCOPES)
+        checks.number(self, "coef", lo=0, hi=10)       # papers: 0.01 .. 0.2; a < 0 would invert the shaping
+        checks.number(self, "alpha", lo=0, hi=10)
+        checks.number(self, "kappa", lo=0, hi=1e6, lo_open=True)
         if self.kappa <= 1.0 and self.kind == "additive":
-            raise ValueError(f"ShapingConfig.kappa={self.kappa} must be > 1, or the bonus can cancel a negative A")
+            raise ValueError(f"ShapingConfig.kappa={self.kappa}: must be > 1 with kind='additive', "
+                             "or the bonus can cancel a negative A")
+        checks.flag(self, "detach", "empty_gate_fallback")
 
 
 def _z_per_trajectory(h: Tensor, m: Tensor, eps: float) -> Tensor:

@@ -92,24 +92,23 @@ class FilterConfig:
                                       # True = code, (1-s) also scales the advantage, a token weighs (1-s)^2
 
     def __post_init__(self) -> None:
+        from tao_lab import checks
+
         self.rules = tuple(self.rules)
         unknown = [r for r in self.rules if r not in RULES]
         if unknown:
             raise ValueError(f"FilterConfig.rules has unknown rule(s) {unknown}; choose from {list(RULES)}")
         if len(set(self.rules)) != len(self.rules):
             raise ValueError(f"FilterConfig.rules lists a rule twice: {list(self.rules)}")
-        if self.filter_a_mode not in _FILTER_A_ACTIONS:
-            raise ValueError(f"FilterConfig.filter_a_mode={self.filter_a_mode!r}; use 'drop' (paper) or 'mask' (code)")
-        if not 0.0 <= self.filter_a_strength <= 1.0:
-            raise ValueError(f"FilterConfig.filter_a_strength={self.filter_a_strength} must be in [0, 1]")
-        if self.min_n < 1:
-            raise ValueError(f"FilterConfig.min_n={self.min_n} must be >= 1")
-        if self.refill not in ("duplicate", "subsample", "none"):
-            raise ValueError(f"FilterConfig.refill={self.refill!r}; use 'duplicate', 'subsample' or 'none'")
-        if self.overlong_reward not in ("own", "zero"):
-            raise ValueError(f"FilterConfig.overlong_reward={self.overlong_reward!r}; use 'own' or 'zero' (code's remove_clip)")
-        if self.target_groups is not None and self.target_groups < 1:
-            raise ValueError(f"FilterConfig.target_groups={self.target_groups} must be >= 1 or None")
+        checks.choice(self, "filter_a_mode", _FILTER_A_ACTIONS)    # 'drop' (paper) or 'mask' (code)
+        checks.number(self, "filter_a_strength", lo=0, hi=1)
+        checks.number(self, "min_n", lo=1, integer=True)
+        checks.number(self, "std_threshold", lo=0, hi=1)
+        checks.number(self, "target_groups", lo=1, integer=True, none_ok=True)
+        checks.choice(self, "refill", ("duplicate", "subsample", "none"))
+        checks.number(self, "seed", integer=True)
+        checks.choice(self, "overlong_reward", ("own", "zero"))   # 'zero' = the code's remove_clip
+        checks.flag(self, "filter_a_scale_adv")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,16 +57,16 @@ class LossConfig:
     entropy_coeff: float = 0.0      # plain entropy bonus -c·agg(H) [code: train.sh 0.001]; 0 = paper (none)
 
     def __post_init__(self) -> None:
-        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
-            raise ValueError(f"LossConfig eps_low={self.eps_low} must be in [0, 1) and eps_high={self.eps_high} >= 0")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"LossConfig.dual_clip={self.dual_clip} must be > 1 (or None to turn it off)")
-        if self.agg not in AGGREGATIONS:
-            raise ValueError(f"LossConfig.agg={self.agg!r}; choose from {list(AGGREGATIONS)}")
-        if self.beta < 0:
-            raise ValueError(f"LossConfig.beta={self.beta} must be >= 0")
-        if self.max_len is not None and self.max_len < 1:
-            raise ValueError(f"LossConfig.max_len={self.max_len} must be >= 1 or None")
+        from tao_lab import checks
+
+        checks.number(self, "eps_low", lo=0, hi=1, hi_open=True)
+        checks.number(self, "eps_high", lo=0, hi=10)
+        checks.number(self, "dual_clip", lo=1, hi=1e6, lo_open=True, none_ok=True)   # None turns it off
+        checks.choice(self, "agg", AGGREGATIONS)
+        checks.number(self, "max_len", lo=1, integer=True, none_ok=True)
+        checks.number(self, "beta", lo=0, hi=100)
+        checks.number(self, "entropy_coeff", lo=0, hi=1)
+        checks.flag(self, "anti_clip")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -80,10 +80,16 @@ class DataConfig:
     oversample: float = 1.0          # prompts rolled out per step = ceil(B · oversample) (code: 2-3)
 
     def __post_init__(self):
-        if self.prompts_per_step < 1:
-            raise ValueError(f"DataConfig.prompts_per_step={self.prompts_per_step} must be >= 1")
-        if self.oversample < 1.0:
-            raise ValueError(f"DataConfig.oversample={self.oversample} must be >= 1 (1 = no oversampling)")
+        from . import checks
+
+        checks.number(self, "prompts_per_step", lo=1, integer=True)
+        checks.number(self, "oversample", lo=1, hi=100)         # 1 = no oversampling (code: 2-3)
+        checks.number(self, "limit", lo=1, integer=True, none_ok=True)
+        for name in ("tasks", "split", "eval_tasks", "eval_split"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value) or (name == "tasks" and value is None):
+                raise ValueError(f"DataConfig.{name}={value!r}: must be a non-empty string"
+                                 + ("" if name == "tasks" else " or None"))
 
 
 @dataclass
@@ -99,17 +105,18 @@ class OptimConfig:
     optimizer: str = "auto"          # "adamw" | "paged_adamw_8bit" (bitsandbytes, CUDA) | "auto"
 
     def __post_init__(self):
+        from . import checks
+
         self.betas = tuple(self.betas)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"OptimConfig.schedule={self.schedule!r}; choose from {list(SCHEDULES)}")
-        if self.optimizer not in ("auto", "adamw", "paged_adamw_8bit"):
-            raise ValueError(f"OptimConfig.optimizer={self.optimizer!r}; choose 'auto', 'adamw' or 'paged_adamw_8bit'")
-        if not self.lr > 0:
-            raise ValueError(f"OptimConfig.lr={self.lr} must be > 0")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"OptimConfig.gamma={self.gamma} must be in (0, 1]")
-        if self.grad_clip < 0:
-            raise ValueError(f"OptimConfig.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
+        checks.choice(self, "schedule", SCHEDULES)
+        checks.choice(self, "optimizer", ("auto", "adamw", "paged_adamw_8bit"))
+        checks.number(self, "lr", lo=0, hi=1, lo_open=True)            # LoRA RL uses 1e-6..1e-4
+        checks.number(self, "gamma", lo=0, hi=1, lo_open=True)
+        checks.number(self, "weight_decay", lo=0, hi=1)
+        checks.number(self, "grad_clip", lo=0)                         # nan would silently turn clipping off
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                           and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"OptimConfig.betas={self.betas!r}: two finite numbers in [0, 1)")
 
 
 @dataclass
@@ -123,9 +130,14 @@ class RunConfig:
     store_trajectories: bool = True  # write each step's trajectories (parquet) to the run store
 
     def __post_init__(self):
-        if self.steps < 0 or self.save_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError(f"RunConfig: steps={self.steps} must be >= 0, save_every={self.save_every} "
-                             f"and keep_checkpoints={self.keep_checkpoints} >= 1")
+        from . import checks
+
+        checks.number(self, "steps", lo=0, integer=True)
+        checks.number(self, "save_every", lo=1, integer=True)
+        checks.number(self, "keep_checkpoints", lo=1, integer=True)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ValueError(f"RunConfig.out_dir={self.out_dir!r}: must be a non-empty path")
+        checks.flag(self, "store_trajectories")
 
 
 @dataclass

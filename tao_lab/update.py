@@ -60,11 +60,12 @@ class UpdateConfig:
     logit_chunk: int = 128           # rows of (tokens, V) logits turned to log-probs at once
 
     def __post_init__(self):
-        if self.micro_batch_size < 1 or self.epochs < 1 or self.logit_chunk < 1:
-            raise ValueError(f"UpdateConfig: micro_batch_size={self.micro_batch_size}, epochs={self.epochs}, "
-                             f"logit_chunk={self.logit_chunk} must all be >= 1")
-        if self.adv_std not in STD_MODES:
-            raise ValueError(f"UpdateConfig.adv_std={self.adv_std!r}; choose from {list(STD_MODES)}")
+        from . import checks
+
+        for name in ("micro_batch_size", "epochs", "logit_chunk"):
+            checks.number(self, name, lo=1, integer=True)
+        checks.choice(self, "adv_std", STD_MODES)
+        checks.flag(self, "share_prompt")
 
 
 # ----------------------------------------------------------------------------------------------
