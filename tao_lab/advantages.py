@@ -72,9 +72,10 @@ def _std_batch(centered: Tensor, inv: Tensor, n: Tensor, rewards: Tensor, eps: f
 STD_MODES: dict[str, Callable[..., Tensor]] = {
     "unbiased": _std_unbiased, "biased": _std_biased, "none": _std_none, "batch": _std_batch,
 }
+DEFAULT_STD = "unbiased"   # verl / TRL / TAO-RL code: torch.std (N-1); the one default everywhere
 
 
-def group_advantages(rewards: Tensor, group_ids: Tensor, std: str = "unbiased",
+def group_advantages(rewards: Tensor, group_ids: Tensor, std: str = DEFAULT_STD,
                      eps: float = 1e-6) -> tuple[Tensor, dict[str, float]]:
     """GRPO advantage per trajectory.
 
@@ -172,12 +173,18 @@ class ShapingConfig:
     kappa: float = 2.0            # additive bonus κ: bonus capped at |A|/κ, so a negative A never flips
 
     def __post_init__(self) -> None:
-        for name, value, allowed in (("kind", self.kind, SHAPERS), ("gate", self.gate, GATES),
-                                     ("z_scope", self.z_scope, Z_SCOPES)):
-            if value not in allowed:
-                raise ValueError(f"ShapingConfig.{name}={value!r}; choose from {list(allowed)}")
+        from tao_lab import checks
+
+        checks.choice(self, "kind", SHAPERS)
+        checks.choice(self, "gate", GATES)
+        checks.choice(self, "z_scope", Z_SCOPES)
+        checks.number(self, "coef", lo=0, hi=10)       # papers: 0.01 .. 0.2; a < 0 would invert the shaping
+        checks.number(self, "alpha", lo=0, hi=10)
+        checks.number(self, "kappa", lo=0, hi=1e6, lo_open=True)
         if self.kappa <= 1.0 and self.kind == "additive":
-            raise ValueError(f"ShapingConfig.kappa={self.kappa} must be > 1, or the bonus can cancel a negative A")
+            raise ValueError(f"ShapingConfig.kappa={self.kappa}: must be > 1 with kind='additive', "
+                             "or the bonus can cancel a negative A")
+        checks.flag(self, "detach", "empty_gate_fallback")
 
 
 def _z_per_trajectory(h: Tensor, m: Tensor, eps: float) -> Tensor:
@@ -205,19 +212,26 @@ def entropy_zscore(entropy: Tensor, mask: Tensor, scope: str = "trajectory", eps
 
 
 def _ratio_stats(adv: Tensor, adv_t: Tensor, sel: Tensor, prefix: str) -> dict[str, float]:
+    """Ã/A over the selected tokens with A != 0; NaN (and count 0) when there is none, so that
+    metrics.merge_metrics leaves such a part out instead of averaging in a made-up 1.0."""
     sel = sel & (adv != 0)
-    if not sel.any():
-        return {f"{prefix}_mean": 1.0, f"{prefix}_min": 1.0, f"{prefix}_max": 1.0}
+    n = float(sel.sum())
+    if not n:
+        return {f"{prefix}_mean": float("nan"), f"{prefix}_min": float("nan"),
+                f"{prefix}_max": float("nan"), f"{prefix}_n": 0.0}
     r = (adv_t.detach()[sel] / adv[sel]).float()
-    return {f"{prefix}_mean": float(r.mean()), f"{prefix}_min": float(r.min()), f"{prefix}_max": float(r.max())}
+    return {f"{prefix}_mean": float(r.mean()), f"{prefix}_min": float(r.min()), f"{prefix}_max": float(r.max()),
+            f"{prefix}_n": n}
 
 
 def _shaping_metrics(adv: Tensor, adv_t: Tensor, entropy: Tensor, m: Tensor, g: Tensor) -> dict[str, float]:
     other = m & ~g
     h = entropy.detach().float()
     return {
+        "shaping/tokens": float(m.sum()),
         "shaping/gate_coverage": float(g.sum()) / max(float(m.sum()), 1.0),
         "shaping/gated_tokens": float(g.sum()),
+        "shaping/other_tokens": float(other.sum()),
         "shaping/entropy_gated_mean": float(h[g].mean()) if g.any() else float("nan"),
         "shaping/entropy_other_mean": float(h[other].mean()) if other.any() else float("nan"),
         "shaping/sign_flips": float(((adv_t.detach() * adv) < 0).sum()),
@@ -296,17 +310,31 @@ GATES: dict[str, Callable[[Tensor | None, Tensor], Tensor]] = {
 }
 
 
+def effective_gate(gate: Tensor | None, mask: Tensor, cfg: ShapingConfig) -> Tensor:
+    """(B, T) 0/1: the tokens shaping acts on under `cfg` — THE gate of a micro-batch.
+
+    gate="post_tool": the post-tool gate on trainable tokens; gate="all_tokens": every trainable
+    token; with `empty_gate_fallback` (code) a micro-batch without a gated token gets every
+    trainable token. shape_advantages reshapes these tokens; the AEPO anti-clip (loss.policy_loss)
+    and the Ã/A metrics of update_policy must use the same tensor.
+    """
+    m = mask > 0
+    g = (GATES[cfg.gate](gate, mask) > 0) & m
+    if cfg.empty_gate_fallback and not g.any():
+        g = m   # code: no post-tool token in this micro-batch -> reshape every token
+    return g.float()
+
+
 def shape_advantages(adv: Tensor, entropy: Tensor, mask: Tensor, gate: Tensor | None,
                      cfg: ShapingConfig) -> tuple[Tensor, dict[str, float]]:
     """Per-token advantage after entropy shaping, chosen by `cfg.kind` (SHAPERS) and `cfg.gate` (GATES).
 
     adv: (B,) or (B, T); entropy, mask: (B, T) — one micro-batch when cfg.z_scope="micro_batch";
-    gate: (B, T) post-tool gate (needed for gate="post_tool"). Returns (B, T) Ã and metrics.
+    gate: (B, T) post-tool gate (needed for gate="post_tool"). Returns (B, T) Ã and metrics. The
+    tokens it reshapes are `effective_gate(gate, mask, cfg)`.
     """
-    g = GATES[cfg.gate](gate, mask)
-    fallback = cfg.empty_gate_fallback and not ((g > 0) & (mask > 0)).any()
-    if fallback:
-        g = (mask > 0).float()  # code: no post-tool token in this micro-batch -> reshape every token
+    g = effective_gate(gate, mask, cfg)
+    fallback = cfg.empty_gate_fallback and not bool(((GATES[cfg.gate](gate, mask) > 0) & (mask > 0)).any())
     adv_t, metrics = SHAPERS[cfg.kind](adv, entropy, mask, g, cfg)
     metrics["shaping/empty_gate_fallback"] = float(fallback)
     return adv_t, metrics
@@ -354,6 +382,6 @@ def pass_at_k_mean(n: list[int], c: list[int], k: int) -> float:
 __all__ = [
     "group_advantages", "STD_MODES", "token_logprobs_and_entropy", "token_entropy", "token_logprobs",
     "ShapingConfig", "entropy_zscore",
-    "reshape_multiplicative", "additive_bonus", "shape_advantages", "SHAPERS", "GATES", "Z_SCOPES",
+    "reshape_multiplicative", "additive_bonus", "shape_advantages", "effective_gate", "DEFAULT_STD", "SHAPERS", "GATES", "Z_SCOPES",
     "arpo_branch_probability", "pass_at_k", "avg_at_k", "pass_at_k_mean",
 ]

@@ -34,8 +34,10 @@ import pandas as pd
 import torch
 
 from tao_lab import filters
-from tao_lab.advantages import GATES, ShapingConfig, entropy_zscore, group_advantages, shape_advantages
-from tao_lab.filters import FilterConfig, FilterResult
+from tao_lab.advantages import (DEFAULT_STD, ShapingConfig, effective_gate, entropy_zscore, group_advantages,
+                                shape_advantages)
+from tao_lab.filters import FILTER_B_THRESHOLD, FilterConfig, FilterResult, all_tools_failed, is_degenerate
+from tao_lab.metrics import merge_metrics
 from tao_lab.records import Trajectory, post_tool_gate, tokens_frame, trajectories_frame
 
 # Where a sampled token sits relative to the tool: the first turn (no tool output seen yet) or a
@@ -64,14 +66,13 @@ class Explored:
 # Per-token table of the rollouts (independent of filters)
 
 
-def group_status(rewards: list[float], threshold: float = 1e-3) -> str:
-    """'all correct' / 'all wrong' / 'mixed' / 'singleton', with Filter B's test (unbiased std)."""
-    r = np.asarray(rewards, dtype=float)
-    if len(r) < 2:
+def group_status(rewards: list[float], threshold: float = FILTER_B_THRESHOLD) -> str:
+    """'all correct' / 'all wrong' / 'mixed' / 'singleton', with Filter B's test (filters.is_degenerate)."""
+    if len(rewards) < 2:
         return "singleton"
-    if r.std(ddof=1) >= threshold:
+    if not is_degenerate(rewards, threshold):
         return "mixed"
-    return "all correct" if r.mean() > 0 else "all wrong"
+    return "all correct" if float(np.mean(rewards)) > 0 else "all wrong"
 
 
 def token_table(trajs: list[Trajectory]) -> pd.DataFrame:
@@ -108,23 +109,11 @@ def _pad(rows: list[list[float]], T: int) -> torch.Tensor:
     return out
 
 
-def _merge(values: list[float], key: str) -> float:
-    """Combine one metric over micro-batches: counts add up, extremes stay extremes, the rest average."""
-    if key.endswith(("gated_tokens", "sign_flips", "empty_gate_fallback")):
-        return float(np.sum(values))
-    if key.endswith("_min"):
-        return float(np.min(values))
-    if key.endswith("_max"):
-        return float(np.max(values))
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else float("nan")
-
-
 def _shape_rows(rows: list[Trajectory], weights: list[float], adv: torch.Tensor, cfg: ShapingConfig,
                 micro_batch: int | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Ã for the advantage rows, one micro-batch of `micro_batch` rows at a time (None = one).
 
-    Returns (B, T) tensors and the shaping metrics combined over the micro-batches (_merge)."""
+    Returns (B, T) tensors and the shaping metrics combined over the micro-batches (metrics.merge_metrics)."""
     T = max(len(t.token_ids) for t in rows)
     ent = _pad([t.entropies for t in rows], T)                                    # (B, T)
     loss_mask = _pad([t.mask for t in rows], T) * torch.tensor(weights)[:, None]  # (B, T) mask * weight
@@ -135,11 +124,10 @@ def _shape_rows(rows: list[Trajectory], weights: list[float], adv: torch.Tensor,
     for s in range(0, len(rows), size):
         sl = slice(s, s + size)
         adv_t[sl], m = shape_advantages(adv[sl], ent[sl], loss_mask[sl], post[sl], cfg)
-        g = GATES[cfg.gate](post[sl], loss_mask[sl])
-        gate[sl] = (loss_mask[sl] > 0).float() if m["shaping/empty_gate_fallback"] else ((g > 0) & (loss_mask[sl] > 0)).float()
+        gate[sl] = effective_gate(post[sl], loss_mask[sl], cfg)
         z[sl] = entropy_zscore(ent[sl], loss_mask[sl], cfg.z_scope)
         metrics.append(m)
-    merged = {k: _merge([m[k] for m in metrics], k) for k in metrics[0]}
+    merged = merge_metrics(metrics)
     merged["shaping/micro_batches"] = float(len(metrics))
     merged["shaping/gate_coverage"] = float(gate.sum()) / max(float((loss_mask > 0).sum()), 1.0)
     return {"entropy": ent, "loss_mask": loss_mask, "post_tool": post, "gate": gate, "z": z,
@@ -165,7 +153,7 @@ def _outcomes(result: FilterResult, n: int) -> tuple[list[str], list[float]]:
 
 
 def recompute(trajs: list[Trajectory], filter_cfg: FilterConfig | None = None,
-              shaping_cfg: ShapingConfig | None = None, adv_std: str = "unbiased",
+              shaping_cfg: ShapingConfig | None = None, adv_std: str = DEFAULT_STD,
               micro_batch: int | None = None, tokens: pd.DataFrame | None = None) -> Explored:
     """Filters -> group advantages -> entropy shaping on stored, scored trajectories (no model).
 
@@ -182,7 +170,7 @@ def recompute(trajs: list[Trajectory], filter_cfg: FilterConfig | None = None,
 
     tdf = trajectories_frame(trajs)
     tdf.insert(0, "traj", range(len(trajs)))
-    tdf["all_tools_failed"] = [t.n_tool_calls > 0 and t.n_valid_calls == 0 for t in trajs]
+    tdf["all_tools_failed"] = [all_tools_failed(t) for t in trajs]
     status = {g: group_status(list(s)) for g, s in tdf.groupby("group_id")["reward"]}
     tdf["group_status"] = tdf["group_id"].map(status)
     tdf["outcome"], tdf["weight"] = _outcomes(result, len(trajs))
@@ -390,7 +378,7 @@ def signal_groups(table: pd.DataFrame, max_groups: int = 8) -> pd.DataFrame:
 
 
 def advantage_table(trajs: list[Trajectory], settings: dict[str, FilterConfig],
-                    adv_std: str = "unbiased") -> pd.DataFrame:
+                    adv_std: str = DEFAULT_STD) -> pd.DataFrame:
     """advantage_frame under several filter settings (e.g. Filter A drop vs mask), stacked."""
     return pd.concat([advantage_frame(recompute(trajs, cfg, ShapingConfig(kind="none"), adv_std=adv_std), name)
                       for name, cfg in settings.items()], ignore_index=True)

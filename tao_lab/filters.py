@@ -14,7 +14,13 @@ The rules, each a small function returning a `Decision(keep, reason, weight)`:
     filter_a   [paper][code] all tool calls failed (`n_tool_calls > 0 and n_valid_calls == 0`; a
                trajectory that never called a tool is not flagged):
                  mode="drop" (paper, default): removed BEFORE the advantage, its group re-checked;
-                 mode="mask" (authors' code): loss weight 1-strength, applied AFTER the advantage.
+                 mode="mask" (authors' code): loss weight 1-strength, applied AFTER the advantage;
+                 `filter_a_scale_adv=True` (code) scales the advantage by 1-strength too, so a
+                 token weighs (1-s)^2; default False (loss weight only, METHODS §1.1).
+    overlong_reward  "own" (default) | "zero" (code's remove_clip): the reward an overlong trajectory
+               enters Filter B and the group baseline with (FilterResult.row_rewards).
+
+Single-source predicates: `all_tools_failed(traj)`, `is_degenerate(rewards)`, `FILTER_B_THRESHOLD`.
 
 They run in the order of `FilterConfig.rules` (default = the authors' code: overlong -> void_turn
 -> filter_b -> filter_a), chosen by name in ONE place: the `RULES` dict literal below.
@@ -65,6 +71,8 @@ from tao_lab.records import Trajectory
 # ----------------------------------------------------------------------------------------------
 # Config
 
+FILTER_B_THRESHOLD = 1e-3   # [paper][code] std(rewards) below this = a degenerate group
+
 
 @dataclass
 class FilterConfig:
@@ -74,28 +82,33 @@ class FilterConfig:
     filter_a_mode: str = "drop"      # "drop" = paper (remove before the advantage); "mask" = authors' code
     filter_a_strength: float = 1.0   # mask mode only: loss weight becomes 1 - strength (code default 1.0)
     min_n: int = 4                   # overlong: drop a group with an overlong member if < min_n are not overlong
-    std_threshold: float = 1e-3      # Filter B: a group whose reward std (unbiased) is below this is degenerate
+    std_threshold: float = FILTER_B_THRESHOLD  # Filter B: a group whose reward std (unbiased) is below this is degenerate
     target_groups: int | None = None  # B groups per update; None = keep whatever survives (no refill)
     refill: str = "duplicate"        # "duplicate" (code: up to B) | "subsample" (only trim to B) | "none"
     seed: int = 0                    # seeds the refill choice (duplication / subsampling)
+    overlong_reward: str = "own"     # "own" (default: an overlong row keeps its reward) | "zero" (code's
+                                     # remove_clip: it enters Filter B and the group baseline with 0)
+    filter_a_scale_adv: bool = False  # mask mode, 0<s<1: False = (1-s) on the loss weight only (default);
+                                      # True = code, (1-s) also scales the advantage, a token weighs (1-s)^2
 
     def __post_init__(self) -> None:
+        from tao_lab import checks
+
         self.rules = tuple(self.rules)
         unknown = [r for r in self.rules if r not in RULES]
         if unknown:
             raise ValueError(f"FilterConfig.rules has unknown rule(s) {unknown}; choose from {list(RULES)}")
         if len(set(self.rules)) != len(self.rules):
             raise ValueError(f"FilterConfig.rules lists a rule twice: {list(self.rules)}")
-        if self.filter_a_mode not in _FILTER_A_ACTIONS:
-            raise ValueError(f"FilterConfig.filter_a_mode={self.filter_a_mode!r}; use 'drop' (paper) or 'mask' (code)")
-        if not 0.0 <= self.filter_a_strength <= 1.0:
-            raise ValueError(f"FilterConfig.filter_a_strength={self.filter_a_strength} must be in [0, 1]")
-        if self.min_n < 1:
-            raise ValueError(f"FilterConfig.min_n={self.min_n} must be >= 1")
-        if self.refill not in ("duplicate", "subsample", "none"):
-            raise ValueError(f"FilterConfig.refill={self.refill!r}; use 'duplicate', 'subsample' or 'none'")
-        if self.target_groups is not None and self.target_groups < 1:
-            raise ValueError(f"FilterConfig.target_groups={self.target_groups} must be >= 1 or None")
+        checks.choice(self, "filter_a_mode", _FILTER_A_ACTIONS)    # 'drop' (paper) or 'mask' (code)
+        checks.number(self, "filter_a_strength", lo=0, hi=1)
+        checks.number(self, "min_n", lo=1, integer=True)
+        checks.number(self, "std_threshold", lo=0, hi=1)
+        checks.number(self, "target_groups", lo=1, integer=True, none_ok=True)
+        checks.choice(self, "refill", ("duplicate", "subsample", "none"))
+        checks.number(self, "seed", integer=True)
+        checks.choice(self, "overlong_reward", ("own", "zero"))   # 'zero' = the code's remove_clip
+        checks.flag(self, "filter_a_scale_adv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -112,8 +125,20 @@ class Decision:
 OK = Decision(True, "ok")
 
 
-def _is_all_tools_failed(t: Trajectory) -> bool:
-    return t.n_tool_calls > 0 and t.n_valid_calls == 0  # never-called is NOT flagged (METHODS §1.1)
+def all_tools_failed(t: Trajectory) -> bool:
+    """Filter A's predicate [paper][code]: it called a tool and no call was valid (never-called is
+    NOT flagged, METHODS §1.1). The one definition: filters, explore and telemetry use it."""
+    return t.n_tool_calls > 0 and t.n_valid_calls == 0
+
+
+def is_degenerate(rewards, threshold: float = FILTER_B_THRESHOLD) -> bool:
+    """Filter B's predicate [paper][code]: fewer than 2 rewards, or their unbiased std (torch.std in
+    the code) below `threshold` — the group advantage carries no signal. The one definition."""
+    r = [float(x) for x in rewards]
+    if len(r) < 2:
+        return True
+    mean = sum(r) / len(r)
+    return math.sqrt(sum((x - mean) ** 2 for x in r) / (len(r) - 1)) < threshold
 
 
 def _reward(t: Trajectory) -> float:
@@ -123,15 +148,20 @@ def _reward(t: Trajectory) -> float:
     return float(t.reward)
 
 
+def baseline_reward(t: Trajectory, cfg: FilterConfig) -> float:
+    """The reward a trajectory enters Filter B and the group baseline with: its own, or 0 when it is
+    overlong and cfg.overlong_reward="zero" (the code's remove_clip zeroes the response before scoring)."""
+    r = _reward(t)
+    return 0.0 if cfg.overlong_reward == "zero" and t.truncated else r
+
+
 def _degenerate(members: list[Trajectory], cfg: FilterConfig) -> Decision:
     """Filter B's test on a set of group members: fewer than 2, or rewards (almost) all equal."""
-    r = [_reward(t) for t in members]
+    r = [baseline_reward(t, cfg) for t in members]
     if len(r) < 2:
         return Decision(False, "singleton")
-    mean = sum(r) / len(r)
-    std = math.sqrt(sum((x - mean) ** 2 for x in r) / (len(r) - 1))  # unbiased, as torch.std in the code
-    if std < cfg.std_threshold:
-        return Decision(False, "all_correct" if mean > 0 else "all_wrong")
+    if is_degenerate(r, cfg.std_threshold):
+        return Decision(False, "all_correct" if sum(r) / len(r) > 0 else "all_wrong")
     return OK
 
 
@@ -165,7 +195,7 @@ _FILTER_A_ACTIONS: dict[str, Callable[[FilterConfig], Decision]] = {
 
 
 def filter_a_traj(t: Trajectory, cfg: FilterConfig) -> Decision:
-    return _FILTER_A_ACTIONS[cfg.filter_a_mode](cfg) if _is_all_tools_failed(t) else OK
+    return _FILTER_A_ACTIONS[cfg.filter_a_mode](cfg) if all_tools_failed(t) else OK
 
 
 def filter_a_group(members: list[Trajectory], n_removed: int, cfg: FilterConfig) -> Decision:
@@ -215,6 +245,8 @@ class FilterResult:
     skip: bool = False        # True when nothing is left to train on: skip the update
     skip_reason: str = ""     # why, in words
     duplicate_of: list[int | None] = field(default_factory=list)  # per row: source group id if duplicated
+    row_rewards: list[float] = field(default_factory=list)  # per row: reward for the baseline (baseline_reward)
+    adv_scale: list[float] = field(default_factory=list)    # per row: advantage multiplier (filter_a_scale_adv)
 
     @property
     def n_groups(self) -> int:
@@ -252,7 +284,7 @@ def apply(trajs: list[Trajectory], cfg: FilterConfig | None = None) -> FilterRes
     """Run the configured rules in order, then refill; every drop and re-weighting has a reason."""
     cfg = cfg or FilterConfig()
     n = len(trajs)
-    alive, weight = [True] * n, [1.0] * n
+    alive, weight, scale = [True] * n, [1.0] * n, [1.0] * n
     rows: list[dict] = []
     group_rows: list[dict] = []
     counts: dict[str, float] = {f"{name}/{r}": 0 for name in cfg.rules for r in RULES[name].reasons}
@@ -270,6 +302,8 @@ def apply(trajs: list[Trajectory], cfg: FilterConfig | None = None) -> FilterRes
                 for i in members:
                     d = rule.traj(trajs[i], cfg)
                     weight[i] *= d.weight
+                    if name == "filter_a" and d.reason == "masked" and cfg.filter_a_scale_adv:
+                        scale[i] *= d.weight   # code: A·response_mask, the advantage scaled by 1-s too
                     traj_reason[i] = d.reason
                     if d.reason != "ok":
                         counts[f"{name}/{d.reason}"] += 1
@@ -336,6 +370,7 @@ def apply(trajs: list[Trajectory], cfg: FilterConfig | None = None) -> FilterRes
                                                  "n_removed_by_traj_rule"]),
         counts=counts, funnel=pd.DataFrame(funnel), n_groups_survived=len(survived),
         skip=bool(skip_reason), skip_reason=skip_reason, duplicate_of=dup_rows,
+        row_rewards=[baseline_reward(trajs[i], cfg) for i in index], adv_scale=[scale[i] for i in index],
     )
 
 

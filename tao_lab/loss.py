@@ -9,6 +9,11 @@ Per trainable token t, with ratio ρ_t = exp(logπ_θ - logπ_old) (METHODS.md �
 
 AEPO anti-clip [code, off by default]: on gated tokens with ρ > 1+ε_high the clipped ratio is
 replaced by (1+ε_high)·ρ/stopgrad(ρ) — the same forward value as the clip, but the gradient is kept.
+"Gated" is the gate the shaping used (advantages.effective_gate: post-tool or all tokens, with the
+empty-gate fallback), which update_policy passes in.
+
+Entropy regulariser [code, off by default]: L -= entropy_coeff · agg(H_t) (verl's entropy_coeff;
+the TAO-RL authors' train.sh sets 0.001, the paper does not mention it; default 0 = the paper).
 
 Aggregation over the (B, T) per-token losses, chosen by name in the AGGREGATIONS dict literal:
 
@@ -22,8 +27,8 @@ weighted means (as the masked_mean of verl / TAO-RL's code), so a weight scales 
 against the others; a weight of 0 removes it from numerator and denominator.
 
 Covered: the above, plus metrics (clip fractions, KL estimates, ratio, entropy). Not covered:
-sequence-level importance ratios (GSPO), the entropy *loss* term (use shaping instead), gradient
-accumulation scaling (the trainer divides by its number of micro-batches).
+sequence-level importance ratios (GSPO), gradient accumulation scaling (update_policy scales each
+micro-batch by its share of the aggregation's denominator).
 """
 
 from __future__ import annotations
@@ -49,18 +54,19 @@ class LossConfig:
     max_len: int | None = None      # drgrpo normaliser; None = T of the batch handed in
     beta: float = 0.0               # KL-to-reference coefficient (k3); needs ref_logp when > 0
     anti_clip: bool = False         # AEPO anti-clip on gated tokens; needs gate when True
+    entropy_coeff: float = 0.0      # plain entropy bonus -c·agg(H) [code: train.sh 0.001]; 0 = paper (none)
 
     def __post_init__(self) -> None:
-        if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
-            raise ValueError(f"LossConfig eps_low={self.eps_low} must be in [0, 1) and eps_high={self.eps_high} >= 0")
-        if self.dual_clip is not None and self.dual_clip <= 1:
-            raise ValueError(f"LossConfig.dual_clip={self.dual_clip} must be > 1 (or None to turn it off)")
-        if self.agg not in AGGREGATIONS:
-            raise ValueError(f"LossConfig.agg={self.agg!r}; choose from {list(AGGREGATIONS)}")
-        if self.beta < 0:
-            raise ValueError(f"LossConfig.beta={self.beta} must be >= 0")
-        if self.max_len is not None and self.max_len < 1:
-            raise ValueError(f"LossConfig.max_len={self.max_len} must be >= 1 or None")
+        from tao_lab import checks
+
+        checks.number(self, "eps_low", lo=0, hi=1, hi_open=True)
+        checks.number(self, "eps_high", lo=0, hi=10)
+        checks.number(self, "dual_clip", lo=1, hi=1e6, lo_open=True, none_ok=True)   # None turns it off
+        checks.choice(self, "agg", AGGREGATIONS)
+        checks.number(self, "max_len", lo=1, integer=True, none_ok=True)
+        checks.number(self, "beta", lo=0, hi=100)
+        checks.number(self, "entropy_coeff", lo=0, hi=1)
+        checks.flag(self, "anti_clip")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -128,6 +134,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: 
         raise ValueError(f"adv {tuple(adv.shape)} must be (B,) or (B, T) = {tuple(logp.shape)}")
     if cfg.beta > 0 and ref_logp is None:
         raise ValueError("LossConfig.beta > 0 needs ref_logp (log-probs under the adapter-disabled model)")
+    if cfg.entropy_coeff > 0 and entropy is None:
+        raise ValueError("LossConfig.entropy_coeff > 0 needs the entropy tensor (with its graph)")
     if cfg.anti_clip and gate is None:
         raise ValueError("LossConfig.anti_clip=True needs the gate tensor (Trajectory.post_tool, records.post_tool_gate)")
     adv = adv.to(logp.dtype)
@@ -153,10 +161,15 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: 
     policy = AGGREGATIONS[cfg.agg](loss_tok, w, cfg.max_len)
     total = policy
     metrics: dict[str, float] = {}
+    if cfg.entropy_coeff > 0:
+        # verl: pg_loss - entropy_coeff * agg_loss(entropy); the gradient needs entropy's graph
+        ent_agg = AGGREGATIONS[cfg.agg](torch.where(m, entropy.to(logp.dtype), torch.zeros_like(logp)), w, cfg.max_len)
+        total = total - cfg.entropy_coeff * ent_agg
+        metrics["loss/entropy_bonus"] = float(ent_agg.detach())
     if ref_logp is not None:
         kl_tok = torch.where(m, k3(logp, ref_logp), torch.zeros_like(logp))
         if cfg.beta > 0:
-            total = AGGREGATIONS[cfg.agg](loss_tok + cfg.beta * kl_tok, w, cfg.max_len)  # per token, as TRL
+            total = total + cfg.beta * AGGREGATIONS[cfg.agg](kl_tok, w, cfg.max_len)  # per token, as TRL (agg is linear)
         metrics["loss/kl_ref"] = _wmean(kl_tok, m)
     log_ratio = (logp - old_logp).detach()
     metrics.update({
@@ -167,8 +180,9 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: 
         "loss/clip_high": _wmean(((ratio > 1 + cfg.eps_high) & (adv > 0)).float(), m),
         "loss/clip_dual": _wmean(dual.float(), m),
         "loss/anti_clip": _wmean(anti.float(), m),
+        "loss/anti_clip_tokens": float(anti.sum()),
         "loss/ratio_mean": _wmean(ratio, m),
-        "loss/ratio_max": float(ratio.detach()[m].max()) if m.any() else 1.0,
+        "loss/ratio_max": float(ratio.detach()[m].max()) if m.any() else float("nan"),
         "loss/approx_kl": _wmean(torch.exp(log_ratio) - 1 - log_ratio, m),  # k3 of KL(π_old || π_θ)
         "loss/ppo_kl": _wmean(-log_ratio, m),                               # verl's ppo_kl
     })

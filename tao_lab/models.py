@@ -152,10 +152,23 @@ class ModelConfig:
     seed: int = 0                    # seeded right before the adapter is created
 
     def __post_init__(self):
-        if self.dtype not in _DTYPES:
-            raise ValueError(f"ModelConfig.dtype={self.dtype!r}; choose one of {sorted(_DTYPES)}")
-        if self.lora_r <= 0:
-            raise ValueError(f"ModelConfig.lora_r={self.lora_r}; it must be a positive integer")
+        import re
+
+        from . import checks
+
+        checks.choice(self, "dtype", sorted(_DTYPES))
+        if not isinstance(self.name, (str, os.PathLike)) or not str(self.name):
+            raise ValueError(f"ModelConfig.name={self.name!r}: give a bundled name, a folder or a Hugging Face id")
+        if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ValueError(f"ModelConfig.device={self.device!r}: choose 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+        checks.number(self, "lora_r", lo=1, integer=True)
+        checks.number(self, "lora_alpha", lo=0, lo_open=True)
+        checks.number(self, "lora_dropout", lo=0, hi=1, hi_open=True)
+        if not isinstance(self.target_modules, str) or not self.target_modules.strip(", "):
+            raise ValueError(f"ModelConfig.target_modules={self.target_modules!r}: 'all-linear' or comma-separated "
+                             "module names, e.g. 'q_proj,v_proj'")
+        checks.number(self, "seed", integer=True)
+        checks.flag(self, "lora", "load_in_4bit", "double_quant", "gradient_checkpointing")
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -79,19 +79,19 @@ class RewardConfig:
     self_example_bonus: float = 0.0     # [recon] ToolExpander: added when the text has an <example> section
 
     def __post_init__(self) -> None:
-        if not self.verify_timeout_s > 0:
-            raise ValueError(f"RewardConfig.verify_timeout_s must be > 0 seconds, got {self.verify_timeout_s}")
-        if self.rel_tol < 0:
-            raise ValueError(f"RewardConfig.rel_tol must be >= 0, got {self.rel_tol}")
-        if self.format_penalty < 0:
-            raise ValueError(f"RewardConfig.format_penalty is subtracted, so give it >= 0 (got "
-                             f"{self.format_penalty}); ET-Agent's f_fmt = -1 is format_penalty=1.0")
-        if self.sigma_tool < 0 or self.sigma_len < 0:
-            raise ValueError(f"RewardConfig sigmas must be >= 0, got sigma_tool={self.sigma_tool}, "
-                             f"sigma_len={self.sigma_len}")
-        if self.anneal_steps == 1 or self.anneal_steps < 0:
-            raise ValueError(f"RewardConfig.anneal_steps must be 0 (no annealing) or >= 2 (σ reaches 0 "
-                             f"at step T), got {self.anneal_steps}")
+        from tao_lab import checks
+
+        checks.number(self, "verify_timeout_s", lo=0, hi=3600, lo_open=True)
+        checks.number(self, "rel_tol", lo=0, hi=1)
+        # subtracted, so >= 0; ET-Agent's f_fmt = -1 is format_penalty=1.0
+        checks.number(self, "format_penalty", lo=0, hi=100)
+        checks.number(self, "sigma_tool", lo=0)
+        checks.number(self, "sigma_len", lo=0)
+        checks.number(self, "anneal_steps", lo=0, integer=True)
+        if self.anneal_steps == 1:
+            raise ValueError(f"RewardConfig.anneal_steps=1: must be 0 (no annealing) or >= 2 (σ reaches 0 at step T)")
+        checks.number(self, "self_example_bonus", lo=0, hi=1)
+        checks.flag(self, "answer_in_tool_stdout", "efficiency")
 
     @classmethod
     def et_agent(cls, anneal_steps: int = 0, **overrides) -> "RewardConfig":

@@ -67,15 +67,22 @@ class RolloutConfig:
     ignore_eos: bool = False         # benchmarks only: keep sampling past end-of-sequence
 
     def __post_init__(self):
-        checks = {
-            "group_size": self.group_size >= 1, "max_new_tokens": self.max_new_tokens >= 1,
-            "max_turns": self.max_turns >= 1, "temperature": self.temperature >= 0,
-            "top_p": 0 < self.top_p <= 1, "protocol": self.protocol in ("fenced", "tags"),
-            "tool_timeout_s": self.tool_timeout_s > 0, "obs_max_tokens": self.obs_max_tokens >= 8,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise ValueError(f"RolloutConfig: invalid value for {bad[0]}={getattr(self, bad[0])!r}")
+        from . import checks
+        from .tasks import TEMPLATES
+
+        for name in ("group_size", "max_new_tokens", "max_turns"):
+            checks.number(self, name, lo=1, integer=True)
+        checks.number(self, "temperature", lo=0, hi=10)
+        checks.number(self, "top_p", lo=0, hi=1, lo_open=True)
+        checks.choice(self, "protocol", ("fenced", "tags"))
+        checks.number(self, "tool_timeout_s", lo=0, hi=3600, lo_open=True)
+        checks.number(self, "obs_max_chars", lo=16, integer=True)
+        checks.number(self, "obs_max_tokens", lo=8, integer=True)
+        checks.choice(self, "template", TEMPLATES)       # typos fail here, not after the model loaded
+        checks.number(self, "n_demos", lo=0, integer=True)
+        checks.choice(self, "backend", ("auto", "kv", "recompute"))   # engine.make_engine's variants
+        checks.number(self, "seed", lo=0, integer=True, none_ok=True)
+        checks.flag(self, "tools", "silent_is_failure", "ignore_eos")
 
 
 @dataclass

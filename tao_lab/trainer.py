@@ -80,10 +80,16 @@ class DataConfig:
     oversample: float = 1.0          # prompts rolled out per step = ceil(B · oversample) (code: 2-3)
 
     def __post_init__(self):
-        if self.prompts_per_step < 1:
-            raise ValueError(f"DataConfig.prompts_per_step={self.prompts_per_step} must be >= 1")
-        if self.oversample < 1.0:
-            raise ValueError(f"DataConfig.oversample={self.oversample} must be >= 1 (1 = no oversampling)")
+        from . import checks
+
+        checks.number(self, "prompts_per_step", lo=1, integer=True)
+        checks.number(self, "oversample", lo=1, hi=100)         # 1 = no oversampling (code: 2-3)
+        checks.number(self, "limit", lo=1, integer=True, none_ok=True)
+        for name in ("tasks", "split", "eval_tasks", "eval_split"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value) or (name == "tasks" and value is None):
+                raise ValueError(f"DataConfig.{name}={value!r}: must be a non-empty string"
+                                 + ("" if name == "tasks" else " or None"))
 
 
 @dataclass
@@ -99,17 +105,18 @@ class OptimConfig:
     optimizer: str = "auto"          # "adamw" | "paged_adamw_8bit" (bitsandbytes, CUDA) | "auto"
 
     def __post_init__(self):
+        from . import checks
+
         self.betas = tuple(self.betas)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"OptimConfig.schedule={self.schedule!r}; choose from {list(SCHEDULES)}")
-        if self.optimizer not in ("auto", "adamw", "paged_adamw_8bit"):
-            raise ValueError(f"OptimConfig.optimizer={self.optimizer!r}; choose 'auto', 'adamw' or 'paged_adamw_8bit'")
-        if not self.lr > 0:
-            raise ValueError(f"OptimConfig.lr={self.lr} must be > 0")
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"OptimConfig.gamma={self.gamma} must be in (0, 1]")
-        if self.grad_clip < 0:
-            raise ValueError(f"OptimConfig.grad_clip={self.grad_clip} must be >= 0 (0 = off)")
+        checks.choice(self, "schedule", SCHEDULES)
+        checks.choice(self, "optimizer", ("auto", "adamw", "paged_adamw_8bit"))
+        checks.number(self, "lr", lo=0, hi=1, lo_open=True)            # LoRA RL uses 1e-6..1e-4
+        checks.number(self, "gamma", lo=0, hi=1, lo_open=True)
+        checks.number(self, "weight_decay", lo=0, hi=1)
+        checks.number(self, "grad_clip", lo=0)                         # nan would silently turn clipping off
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                                           and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"OptimConfig.betas={self.betas!r}: two finite numbers in [0, 1)")
 
 
 @dataclass
@@ -123,9 +130,14 @@ class RunConfig:
     store_trajectories: bool = True  # write each step's trajectories (parquet) to the run store
 
     def __post_init__(self):
-        if self.steps < 0 or self.save_every < 1 or self.keep_checkpoints < 1:
-            raise ValueError(f"RunConfig: steps={self.steps} must be >= 0, save_every={self.save_every} "
-                             f"and keep_checkpoints={self.keep_checkpoints} >= 1")
+        from . import checks
+
+        checks.number(self, "steps", lo=0, integer=True)
+        checks.number(self, "save_every", lo=1, integer=True)
+        checks.number(self, "keep_checkpoints", lo=1, integer=True)
+        if not isinstance(self.out_dir, str) or not self.out_dir:
+            raise ValueError(f"RunConfig.out_dir={self.out_dir!r}: must be a non-empty path")
+        checks.flag(self, "store_trajectories")
 
 
 @dataclass
@@ -254,9 +266,9 @@ def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[s
     by_group: dict[int, list[float]] = {}
     for t in trajs:
         by_group.setdefault(t.group_id, []).append(float(t.reward or 0.0))
-    spread = [np.std(r, ddof=1) if len(r) > 1 else 0.0 for r in by_group.values()]
-    all_right = sum(s < 1e-3 and np.mean(r) > 0 for s, r in zip(spread, by_group.values()))
-    all_wrong = sum(s < 1e-3 and np.mean(r) <= 0 for s, r in zip(spread, by_group.values()))
+    flat = [filters_mod.is_degenerate(r) for r in by_group.values()]   # singletons count as degenerate
+    all_right = sum(d and np.mean(r) > 0 for d, r in zip(flat, by_group.values()))
+    all_wrong = sum(d and np.mean(r) <= 0 for d, r in zip(flat, by_group.values()))
     n_groups = max(len(by_group), 1)
     return {
         # every group of the step, whatever the filters do (for GRPO this is what Filter B would drop)
@@ -266,7 +278,7 @@ def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[s
         "tool/calls_per_traj": calls / n,
         "tool/used_rate": sum(t.n_tool_calls > 0 for t in trajs) / n,
         "tool/success_rate": valid / calls if calls else float("nan"),
-        "tool/all_failed_rate": sum(t.n_tool_calls > 0 and t.n_valid_calls == 0 for t in trajs) / n,
+        "tool/all_failed_rate": sum(filters_mod.all_tools_failed(t) for t in trajs) / n,
         "tool/void_turn_rate": sum(t.void_turn for t in trajs) / n,
         "tool/truncated_rate": sum(t.truncated for t in trajs) / n,
         "filter/b_drop_rate": (fres.counts.get("filter_b/all_correct", 0) + fres.counts.get("filter_b/all_wrong", 0)) / groups,

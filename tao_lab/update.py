@@ -33,15 +33,16 @@ Not covered: sequence packing, value functions, several optimizer steps per micr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 
 from . import filters as filters_mod
-from .advantages import STD_MODES, ShapingConfig, group_advantages, shape_advantages, token_logprobs_and_entropy
+from .advantages import (DEFAULT_STD, STD_MODES, ShapingConfig, effective_gate, group_advantages,
+                         shape_advantages, token_logprobs_and_entropy)
 from .loss import LossConfig, policy_loss
+from .metrics import merge_metrics
 from .records import Trajectory
 
 # ----------------------------------------------------------------------------------------------
@@ -54,16 +55,17 @@ class UpdateConfig:
 
     micro_batch_size: int = 4        # trajectories per forward/backward; gradients accumulate
     epochs: int = 1                  # optimizer steps per batch (1 = on-policy, ratio == 1)
-    adv_std: str = "unbiased"        # group_advantages std: "unbiased" | "biased" | "none" | "batch"
+    adv_std: str = DEFAULT_STD       # group_advantages std: "unbiased" | "biased" | "none" | "batch"
     share_prompt: bool = True        # run each prompt once per micro-batch, reuse its KV for its rows (exact)
     logit_chunk: int = 128           # rows of (tokens, V) logits turned to log-probs at once
 
     def __post_init__(self):
-        if self.micro_batch_size < 1 or self.epochs < 1 or self.logit_chunk < 1:
-            raise ValueError(f"UpdateConfig: micro_batch_size={self.micro_batch_size}, epochs={self.epochs}, "
-                             f"logit_chunk={self.logit_chunk} must all be >= 1")
-        if self.adv_std not in STD_MODES:
-            raise ValueError(f"UpdateConfig.adv_std={self.adv_std!r}; choose from {list(STD_MODES)}")
+        from . import checks
+
+        for name in ("micro_batch_size", "epochs", "logit_chunk"):
+            checks.number(self, name, lo=1, integer=True)
+        checks.choice(self, "adv_std", STD_MODES)
+        checks.flag(self, "share_prompt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -72,27 +74,51 @@ class UpdateConfig:
 
 @dataclass
 class UpdateBatch:
-    """The advantage rows that take part in the update (weight > 0), ready for micro-batching."""
+    """The advantage rows that take part in the update (weight > 0), ready for micro-batching.
+
+    token_adv / token_weight (an advantage hook's output: tree or shared-prefix advantages):
+    per row a (len(traj.token_ids),) tensor over the completion tokens, or None for that row.
+    token_adv replaces the broadcast row advantage (shaping then applies on top of it);
+    token_weight multiplies the row's loss mask. Rows without them behave as without the lists.
+    """
 
     trajs: list[Trajectory]          # one per row (refill duplicates repeat a trajectory)
     adv: torch.Tensor                # (R,) GRPO advantage per row
     weights: list[float]             # filter loss weight per row (multiplies the token mask)
     n_zero_weight: int               # advantage rows left out of the update because their weight is 0
+    token_adv: list[torch.Tensor | None] | None = None     # per row (n_i,) advantages, replaces adv[i]
+    token_weight: list[torch.Tensor | None] | None = None  # per row (n_i,) loss-mask multipliers
+
+    def __post_init__(self):
+        for name in ("token_adv", "token_weight"):
+            rows = getattr(self, name)
+            if rows is None:
+                continue
+            if len(rows) != len(self.trajs):
+                raise ValueError(f"UpdateBatch.{name} has {len(rows)} rows for {len(self.trajs)} trajectories")
+            for i, (x, t) in enumerate(zip(rows, self.trajs)):
+                if x is not None and tuple(x.shape) != (len(t.token_ids),):
+                    raise ValueError(f"UpdateBatch.{name}[{i}] has shape {tuple(x.shape)}; the row has "
+                                     f"{len(t.token_ids)} completion tokens, so it must be ({len(t.token_ids)},)")
 
 
 def compute_advantages(trajs: list[Trajectory], fres: filters_mod.FilterResult,
-                       std: str = "unbiased") -> tuple[UpdateBatch, torch.Tensor, dict[str, float]]:
+                       std: str = DEFAULT_STD) -> tuple[UpdateBatch, torch.Tensor, dict[str, float]]:
     """GRPO advantages over the filter's advantage rows; rows with weight 0 leave the update.
 
     Returns (batch, adv over ALL advantage rows (R_all,), metrics). Weight-0 rows (overlong, void
     turn, masked Filter A) count in their group's mean/std, as in the authors' code, and then
-    need no forward pass.
+    need no forward pass. The rewards are the filter's (`FilterResult.row_rewards`: an overlong
+    row enters with 0 under FilterConfig.overlong_reward="zero"), and a row's advantage is scaled by
+    `FilterResult.adv_scale` (Filter A's (1-s) under filter_a_scale_adv, the code's reading).
     """
     rows = fres.select(trajs)
     if not rows:
         return UpdateBatch([], torch.zeros(0), [], 0), torch.zeros(0), {}
-    rewards = torch.tensor([float(t.reward) for t in rows])
+    rewards = torch.tensor(fres.row_rewards if fres.row_rewards else [float(t.reward) for t in rows])
     adv, metrics = group_advantages(rewards, torch.tensor(fres.group_ids), std=std)
+    if fres.adv_scale:
+        adv = adv * torch.tensor(fres.adv_scale, dtype=adv.dtype)
     keep = [i for i, w in enumerate(fres.weights) if w > 0]
     batch = UpdateBatch([rows[i] for i in keep], adv[keep], [fres.weights[i] for i in keep],
                         len(rows) - len(keep))
@@ -102,7 +128,7 @@ def compute_advantages(trajs: list[Trajectory], fres: filters_mod.FilterResult,
 @dataclass
 class MicroBatch:
     """One micro-batch in the coordinates of the kept logits: column j of targets / mask / old_logp /
-    gate is the token that logits column j predicts. Built from positions and lengths only.
+    gate / adv is the token that logits column j predicts. Built from positions and lengths only.
 
     Two layouts (`collate`):
       full     input_ids (b, T) are right-padded prompt+completion sequences; every column before
@@ -117,16 +143,43 @@ class MicroBatch:
     attention_mask: torch.Tensor     # (b, T), or (b, P + L): 1 on real tokens
     start: int                       # full: first position whose prediction is trained; shared: P
     targets: torch.Tensor            # (b, L) token ids the kept logits predict
-    mask: torch.Tensor               # (b, L) Trajectory.full_mask() in these coordinates x filter weight
+    mask: torch.Tensor               # (b, L) full_mask() in these coordinates x filter weight x token_weight
     old_logp: torch.Tensor           # (b, L) rollout log-probs (0 where mask is 0)
     gate: torch.Tensor               # (b, L) post-tool gate
     prefix_ids: torch.Tensor | None = None  # (1, P) the shared prompt (shared layout only)
+    adv: torch.Tensor | None = None  # (b, L) per-token advantage before shaping (when collate got row_adv)
+
+
+def _completion_rows(trajs: list[Trajectory], weights: list[float], row_adv: torch.Tensor | None,
+                     token_adv, token_weight) -> list[dict[str, torch.Tensor]]:
+    """Per row, (n_i,) float vectors over its completion tokens: mask x weights, old log-prob, gate, adv."""
+    out = []
+    for i, (t, w) in enumerate(zip(trajs, weights)):
+        n = len(t.token_ids)
+        mask = torch.tensor(t.mask, dtype=torch.float32) * w
+        if token_weight is not None and token_weight[i] is not None:
+            mask = mask * token_weight[i].float().cpu()
+        adv = torch.zeros(n)
+        if token_adv is not None and token_adv[i] is not None:
+            adv = token_adv[i].float().cpu()
+        elif row_adv is not None:
+            adv = torch.full((n,), float(row_adv[i]))
+        out.append({"mask": mask, "old": torch.tensor(t.logprobs, dtype=torch.float32),
+                    "gate": torch.tensor(t.post_tool, dtype=torch.float32), "adv": adv})
+    return out
 
 
 def collate(trajs: list[Trajectory], weights: list[float], pad_id: int, device,
-            share_prompt: bool = False) -> MicroBatch:
-    """Right-pad a micro-batch; `share_prompt` needs every row to have the same prompt ids."""
+            share_prompt: bool = False, row_adv: torch.Tensor | None = None,
+            token_adv: list | None = None, token_weight: list | None = None) -> MicroBatch:
+    """Right-pad a micro-batch; `share_prompt` needs every row to have the same prompt ids.
+
+    row_adv (b,): the rows' advantages, broadcast over their tokens into MicroBatch.adv unless
+    token_adv[i] (n_i,) is given for the row; token_weight[i] (n_i,) multiplies the row's mask.
+    """
     b = len(trajs)
+    rows = _completion_rows(trajs, weights, row_adv, token_adv, token_weight)
+    keys = ("mask", "old", "gate", "adv")
     if share_prompt:
         prompt = trajs[0].prompt_ids
         if any(t.prompt_ids != prompt for t in trajs):
@@ -136,34 +189,33 @@ def collate(trajs: list[Trajectory], weights: list[float], pad_id: int, device,
         comp = torch.full((b, L), pad_id, dtype=torch.long)
         att = torch.zeros((b, P + L), dtype=torch.long)
         att[:, :P] = 1
-        mask, old, gate = torch.zeros((b, L)), torch.zeros((b, L)), torch.zeros((b, L))
-        for i, (t, w) in enumerate(zip(trajs, weights)):
+        cols = {k: torch.zeros((b, L)) for k in keys}
+        for i, t in enumerate(trajs):
             n = len(t.token_ids)
             comp[i, :n] = torch.tensor(t.token_ids)
             att[i, P:P + n] = 1
-            mask[i, :n] = torch.tensor(t.full_mask()[P:], dtype=torch.float32) * w
-            old[i, :n] = torch.tensor(t.logprobs, dtype=torch.float32)
-            gate[i, :n] = torch.tensor(t.post_tool, dtype=torch.float32)
-        return MicroBatch(comp.to(device), att.to(device), P, comp.to(device), mask.to(device),
-                          old.to(device), gate.to(device), torch.tensor([prompt], device=device))
+            for k in keys:
+                cols[k][i, :n] = rows[i][k]
+        return MicroBatch(comp.to(device), att.to(device), P, comp.to(device), cols["mask"].to(device),
+                          cols["old"].to(device), cols["gate"].to(device), torch.tensor([prompt], device=device),
+                          cols["adv"].to(device) if row_adv is not None or token_adv is not None else None)
     lens = [len(t.prompt_ids) + len(t.token_ids) for t in trajs]
     T = max(lens)
     start = min(len(t.prompt_ids) for t in trajs) - 1      # predicts the first completion token
     ids = torch.full((b, T), pad_id, dtype=torch.long)
     att = torch.zeros((b, T), dtype=torch.long)
-    full_mask = torch.zeros((b, T))
-    old = torch.zeros((b, T))
-    gate = torch.zeros((b, T))
-    for i, (t, w) in enumerate(zip(trajs, weights)):
+    cols = {k: torch.zeros((b, T)) for k in keys}
+    for i, t in enumerate(trajs):
         n, p = lens[i], len(t.prompt_ids)
         ids[i, :n] = torch.tensor(t.full_ids())
         att[i, :n] = 1
-        full_mask[i, :n] = torch.tensor(t.full_mask(), dtype=torch.float32) * w
-        old[i, p:n] = torch.tensor(t.logprobs, dtype=torch.float32)
-        gate[i, p:n] = torch.tensor(t.post_tool, dtype=torch.float32)
+        for k in keys:
+            cols[k][i, p:n] = rows[i][k]
     sl = slice(start + 1, T)   # token at position j is predicted by position j - 1
+    has_adv = row_adv is not None or token_adv is not None
     return MicroBatch(ids.to(device), att.to(device), start, ids[:, sl].to(device),
-                      full_mask[:, sl].to(device), old[:, sl].to(device), gate[:, sl].to(device))
+                      cols["mask"][:, sl].to(device), cols["old"][:, sl].to(device), cols["gate"][:, sl].to(device),
+                      None, cols["adv"][:, sl].to(device) if has_adv else None)
 
 
 def plan_micro_batches(trajs: list[Trajectory], size: int, share_prompt: bool) -> list[list[int]]:
@@ -245,12 +297,36 @@ def _agg_share(mb_mask: torch.Tensor, full_mask_total: dict[str, float], agg: st
     return mb_mask.shape[0] / max(full_mask_total["rows"], 1)   # drgrpo: B rows x fixed max_len
 
 
+def _micro_step(model, mb: MicroBatch, *, cfg: UpdateConfig, shaping: ShapingConfig, loss_cfg: LossConfig,
+                temperature: float) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """One micro-batch: training forward, shaping, (KL reference forward), loss.
+
+    Returns (loss, metrics, |logp - rollout logp| on trainable tokens, Ã/A on the gated tokens)."""
+    logp, ent = forward_logprobs(model, mb, temperature, cfg.logit_chunk,
+                                 entropy_grad=not shaping.detach or loss_cfg.entropy_coeff > 0)
+    gate = effective_gate(mb.gate, mb.mask, shaping)         # the tokens shaping acts on, THE gate
+    adv_t, smetrics = shape_advantages(mb.adv, ent, mb.mask, mb.gate, shaping)
+    ref_logp = None
+    if loss_cfg.beta > 0:
+        with torch.no_grad(), model.disable_adapter():      # reference = base model, no copy
+            ref_logp, _ = forward_logprobs(model, mb, temperature, cfg.logit_chunk, False)
+    loss_mb, lmetrics = policy_loss(logp, mb.old_logp, adv_t, mb.mask, loss_cfg, ref_logp=ref_logp,
+                                    gate=gate, entropy=ent)
+    m = mb.mask > 0
+    g = (gate > 0) & m & (mb.adv != 0)
+    return loss_mb, {**lmetrics, **smetrics}, (logp.detach() - mb.old_logp)[m].abs(), \
+        (adv_t.detach()[g] / mb.adv[g]).cpu()
+
+
 def update_policy(model, optimizer, batch: UpdateBatch, params: list[torch.nn.Parameter], pad_id: int, *,
                   cfg: UpdateConfig, shaping: ShapingConfig, loss: LossConfig, grad_clip: float,
                   temperature: float, max_new_tokens: int,
                   before_optimizer_step: Callable[[], None] | None = None) -> dict[str, float]:
     """The update: micro-batches, one forward each, shaped advantages, policy loss, accumulation,
-    grad-norm clipping, one optimizer step per epoch. Returns step metrics (token-weighted means).
+    grad-norm clipping, one optimizer step per epoch. Returns step metrics, merged over the
+    micro-batches by metrics.merge_metrics (counts summed over every pass, extremes reduced, means
+    weighted by the tokens that entered them); loss/total and loss/policy are the full-batch
+    aggregation (the share-weighted sum the gradient is of), averaged over epochs.
 
     temperature: the rollout's sampling temperature (the recorded log-probs are at it; 0 means 1);
     max_new_tokens: the completion budget, the drgrpo constant normaliser when loss.max_len is None;
@@ -265,46 +341,40 @@ def update_policy(model, optimizer, batch: UpdateBatch, params: list[torch.nn.Pa
     n = len(batch.trajs)
     share = cfg.share_prompt and not checkpointing_on(model)   # checkpointing drops a passed cache
     mbs = plan_micro_batches(batch.trajs, cfg.micro_batch_size, share)
-    totals = {"weight": sum(w * t.n_sampled for t, w in zip(batch.trajs, batch.weights)),
-              "seqs": sum(t.n_sampled > 0 for t in batch.trajs), "rows": n}
-    acc: dict[str, float] = {}
-    tok_total = 0.0
-    ratios, diffs = [], []
+    mb_list = [collate([batch.trajs[i] for i in idx], [batch.weights[i] for i in idx], pad_id, device, share,
+                       row_adv=batch.adv[idx],
+                       token_adv=[batch.token_adv[i] for i in idx] if batch.token_adv is not None else None,
+                       token_weight=[batch.token_weight[i] for i in idx] if batch.token_weight is not None else None)
+               for idx in mbs]
+    totals = {"weight": sum(float(mb.mask.sum()) for mb in mb_list),
+              "seqs": sum(int((mb.mask.sum(-1) > 0).sum()) for mb in mb_list), "rows": n}
+    parts: list[dict[str, float]] = []
+    exact = {"loss/total": 0.0, "loss/policy": 0.0}
+    norms, ratios, diffs = [], [], []
     model.train()
     for epoch in range(cfg.epochs):
         optimizer.zero_grad(set_to_none=True)
-        for idx in mbs:
-            mb = collate([batch.trajs[i] for i in idx], [batch.weights[i] for i in idx], pad_id, device, share)
-            logp, ent = forward_logprobs(model, mb, temperature, cfg.logit_chunk,
-                                         entropy_grad=not shaping.detach)
-            adv_t, smetrics = shape_advantages(batch.adv[idx].to(device), ent, mb.mask, mb.gate, shaping)
-            ref_logp = None
-            if loss.beta > 0:
-                with torch.no_grad(), model.disable_adapter():      # reference = base model, no copy
-                    ref_logp, _ = forward_logprobs(model, mb, temperature, cfg.logit_chunk, False)
-            loss_mb, lmetrics = policy_loss(logp, mb.old_logp, adv_t, mb.mask, loss_cfg, ref_logp=ref_logp,
-                                         gate=mb.gate, entropy=ent)
+        for mb in mb_list:
+            loss_mb, metrics, diff, ratio = _micro_step(model, mb, cfg=cfg, shaping=shaping, loss_cfg=loss_cfg,
+                                                        temperature=temperature)
             if not torch.isfinite(loss_mb):
-                raise FloatingPointError(f"non-finite loss {float(loss_mb)} at epoch {epoch}; metrics {lmetrics}")
-            (loss_mb * _agg_share(mb.mask, totals, loss_cfg.agg)).backward()
-            m = mb.mask > 0
+                raise FloatingPointError(f"non-finite loss {float(loss_mb)} at epoch {epoch}; metrics {metrics}")
+            share_mb = _agg_share(mb.mask, totals, loss_cfg.agg)
+            (loss_mb * share_mb).backward()
+            for k in exact:
+                exact[k] += metrics[k] * share_mb / cfg.epochs
+            parts.append(metrics)
+            ratios.append(ratio)
             if epoch == 0:   # the rollout's log-probs vs this forward, same weights: should be ~0
-                diffs.append((logp.detach() - mb.old_logp)[m].abs())
-            g = m & (mb.gate > 0) & (batch.adv[idx].to(device)[:, None] != 0)
-            ratios.append((adv_t.detach()[g] / batch.adv[idx].to(device)[:, None].expand_as(adv_t)[g]).cpu())
-            k = float(m.sum())
-            tok_total += k
-            for key, v in {**lmetrics, **smetrics}.items():
-                if isinstance(v, float) and math.isfinite(v):
-                    acc[key] = acc.get(key, 0.0) + v * k
+                diffs.append(diff)
         norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else float("inf"))
         if epoch == 0 and before_optimizer_step is not None:
             before_optimizer_step()
         optimizer.step()
-        acc["update/grad_norm_sum"] = acc.get("update/grad_norm_sum", 0.0) + float(norm)
+        norms.append(float(norm))
     optimizer.zero_grad(set_to_none=True)
-    out = {k: v / max(tok_total, 1.0) for k, v in acc.items() if k != "update/grad_norm_sum"}
-    out["update/grad_norm"] = acc["update/grad_norm_sum"] / cfg.epochs
+    out = {**merge_metrics(parts), **exact}
+    out["update/grad_norm"] = sum(norms) / len(norms)
     d = torch.cat(diffs) if diffs else torch.zeros(0)
     r = torch.cat(ratios) if ratios else torch.zeros(0)
     out.update({

@@ -245,3 +245,52 @@ def test_a_trajectory_dropped_by_filter_a_keeps_its_own_reason_when_its_group_go
     trajs = group(0, [1, 0], calls=[(), (False,)])
     d = apply(trajs, FilterConfig(rules=("filter_a",))).decisions.set_index("traj").reason
     assert (d[0], d[1]) == ("group_too_small", "dropped")
+
+
+# ----------------------------------------------------------------------------------------------
+# The authors'-code switches and the single-source predicates (issue 16)
+
+
+def test_an_overlong_trajectory_keeps_its_own_reward_by_default():
+    trajs = group(0, [1, 1, 0, 0, 1], truncated=[True, False, False, False, False])
+    res = apply(trajs, FilterConfig(rules=("overlong", "filter_b"), min_n=1))
+    assert res.row_rewards == [1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_remove_clip_switch_enters_an_overlong_trajectory_with_reward_zero_in_filter_b_and_the_baseline():
+    import torch
+
+    from tao_lab.update import compute_advantages
+    # all correct, one overlong: with its own reward the group is degenerate; with 0 it is not
+    trajs = group(0, [1, 1, 1, 1, 1], truncated=[True, False, False, False, False])
+    own = apply(trajs, FilterConfig(rules=("overlong", "filter_b"), min_n=1))
+    zero = apply(trajs, FilterConfig(rules=("overlong", "filter_b"), min_n=1, overlong_reward="zero"))
+    assert own.skip and own.counts["filter_b/all_correct"] == 1
+    assert not zero.skip and zero.row_rewards == [0.0, 1.0, 1.0, 1.0, 1.0]
+    batch, adv_all, _ = compute_advantages(trajs, zero)
+    assert adv_all[0] < 0 and torch.allclose(batch.adv, adv_all[1:])   # the overlong row: baseline only
+
+
+def test_filter_a_soft_strength_scales_only_the_loss_weight_by_default():
+    from tao_lab.update import compute_advantages
+    trajs = group(0, [1, 0, 1, 0], calls=[(False,), (), (), ()])
+    cfg = FilterConfig(rules=("filter_a",), filter_a_mode="mask", filter_a_strength=0.75)
+    base = apply(trajs, cfg)
+    code = apply(trajs, replace(cfg, filter_a_scale_adv=True))
+    assert base.weights[0] == code.weights[0] == 0.25
+    a_base = compute_advantages(trajs, base)[1]
+    a_code = compute_advantages(trajs, code)[1]
+    assert a_code[0].item() == pytest.approx(0.25 * a_base[0].item())   # code: token weight (1-s)^2
+    assert a_code[1:].tolist() == pytest.approx(a_base[1:].tolist())
+
+
+@pytest.mark.parametrize("rewards, flat", [([1, 1, 1], True), ([0, 0], True), ([1], True), ([1, 0], False),
+                                           ([0.5, 0.5 + 1e-4], True), ([0.5, 0.51], False)])
+def test_is_degenerate_is_filter_bs_unbiased_std_test(rewards, flat):
+    assert filters.is_degenerate(rewards) is flat
+
+
+def test_all_tools_failed_flags_only_trajectories_that_called_a_tool():
+    assert filters.all_tools_failed(traj(0, 1, calls=(False, False)))
+    assert not filters.all_tools_failed(traj(0, 1, calls=(False, True)))
+    assert not filters.all_tools_failed(traj(0, 1))
