@@ -288,13 +288,19 @@ def forward_logprobs(model, mb: MicroBatch, temperature: float, chunk: int,
     return token_logprobs_and_entropy(logits, mb.targets, temperature, chunk, entropy_grad=entropy_grad)
 
 
+# This micro-batch's share of each aggregation's denominator (see the module docstring), by name:
+# one entry per loss.AGGREGATIONS key, so a new aggregation cannot fall through to another's rule.
+_AGG_SHARES: dict[str, Callable[[torch.Tensor, dict[str, float]], float]] = {
+    "token_mean": lambda m, tot: float(m.sum()) / max(tot["weight"], 1e-12),
+    "seq_mean_token_mean": lambda m, tot: float((m.sum(-1) > 0).sum()) / max(tot["seqs"], 1),
+    "drgrpo": lambda m, tot: m.shape[0] / max(tot["rows"], 1),     # B rows x fixed max_len
+}
+
+
 def _agg_share(mb_mask: torch.Tensor, full_mask_total: dict[str, float], agg: str) -> float:
-    """This micro-batch's share of the aggregation denominator (see the module docstring)."""
-    if agg == "token_mean":
-        return float(mb_mask.sum()) / max(full_mask_total["weight"], 1e-12)
-    if agg == "seq_mean_token_mean":
-        return float((mb_mask.sum(-1) > 0).sum()) / max(full_mask_total["seqs"], 1)
-    return mb_mask.shape[0] / max(full_mask_total["rows"], 1)   # drgrpo: B rows x fixed max_len
+    if agg not in _AGG_SHARES:
+        raise ValueError(f"no micro-batch share rule for LossConfig.agg={agg!r}; add it to update._AGG_SHARES")
+    return _AGG_SHARES[agg](mb_mask, full_mask_total)
 
 
 def _micro_step(model, mb: MicroBatch, *, cfg: UpdateConfig, shaping: ShapingConfig, loss_cfg: LossConfig,

@@ -49,6 +49,18 @@ def test_every_step_writes_metrics_and_trajectories_with_filter_decisions(tiny_r
                 "entropy/gate_coverage", "entropy/post_tool_mean", "entropy/other_mean", "shaping/adv_ratio_p50",
                 "time/rollout_s", "time/update_s", "mem/peak_rss_mb", "lr"):
         assert key in m.columns, key
+    for row, log in zip(m.to_dict("records"), logs):      # the stored values are the step's facts
+        t = log.trajs
+        assert row["tool/calls_per_traj"] == pytest.approx(sum(x.n_tool_calls for x in t) / len(t))
+        assert row["tool/all_failed_rate"] == pytest.approx(
+            sum(x.n_tool_calls > 0 and x.n_valid_calls == 0 for x in t) / len(t))
+        assert row["filter/b_drop_rate"] == 0.0             # alternating rewards: never a degenerate group
+        assert row["entropy/gate_coverage"] == pytest.approx(
+            sum(sum(x.post_tool) for x in t) / max(sum(x.n_sampled for x in t), 1))
+        assert row["reward/mean"] == pytest.approx(sum(x.reward for x in t) / len(t))
+        assert row["lr"] == pytest.approx(tr.cfg.optim.lr)
+        assert row["time/rollout_s"] > 0 and row["time/update_s"] > 0 and row["mem/peak_rss_mb"] > 0
+        assert row["loss/tokens"] == sum(x.n_sampled for x in t)   # every row trains (weight 1)
     steps = tr.store.read_step_frame(2)
     assert {"keep", "filter_reason", "loss_weight", "advantage"} <= set(steps.columns)
     assert len(steps) == tr.cfg.data.prompts_per_step * tr.cfg.rollout.group_size

@@ -116,3 +116,11 @@ def test_entropy_coeff_subtracts_the_aggregated_entropy_from_the_loss(lora):
     on = _run(model, tok, trajs, ShapingConfig(kind="none"), LossConfig(entropy_coeff=0.5))
     assert on["loss/entropy_bonus"] > 0
     assert on["loss/total"] == pytest.approx(off["loss/total"] - 0.5 * on["loss/entropy_bonus"], rel=1e-5)
+
+
+def test_every_loss_aggregation_has_its_own_micro_batch_share_rule():
+    from tao_lab.loss import AGGREGATIONS
+
+    assert set(U._AGG_SHARES) == set(AGGREGATIONS)
+    with pytest.raises(ValueError, match="agg='mean'"):
+        U._agg_share(torch.ones(1, 2), {"weight": 2.0, "seqs": 1, "rows": 1}, "mean")
