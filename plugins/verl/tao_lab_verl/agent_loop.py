@@ -1,8 +1,8 @@
 """verl agent loop "tao_tool_agent": a TAO-RL episode (episode.py) on verl's LLM server.
 
 Config (actor_rollout_ref.rollout.agent / the dataset's `agent_name` column = "tao_tool_agent");
-the episode rules are read from `actor_rollout_ref.rollout.custom.tao` (see examples/verl_tao.yaml):
-protocol, max_turns, obs_max_chars, obs_max_tokens, tool_timeout_s, silent_is_failure, filter_a_mode.
+the episode rules are read from the top-level `tao` key (see examples/verl_tao.yaml): `tao.episode.*`
+(fields of EpisodeConfig; response_length comes from actor_rollout_ref.rollout) and `tao.filter_a_mode`.
 
 Filter A [paper][code], mask mode (authors' code): a trajectory whose tool calls all failed
 (tao_lab.filters.filter_a_traj) gets response_mask 0 everywhere. It still counts in its group's
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from uuid import uuid4
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 from tao_lab.filters import FilterConfig, filter_a_traj
@@ -33,19 +33,18 @@ from tao_lab_verl.episode import EpisodeConfig, run_episode, stop_strings
 FILTER_A_MODES = ("mask", "off")  # drop mode: not reachable in verl 0.9.1 (module docstring)
 
 
-def episode_config(rollout_config) -> tuple[EpisodeConfig, str]:
-    """EpisodeConfig + filter_a_mode from verl's rollout config (custom.tao), validated."""
-    custom = (rollout_config.get("custom", None) or {}).get("tao", None) or {}
-    custom = dict(custom)
-    mode = custom.pop("filter_a_mode", "mask")
+def episode_config(config) -> tuple[EpisodeConfig, str]:
+    """EpisodeConfig + filter_a_mode from verl's whole config (`tao.episode`, `tao.filter_a_mode`)."""
+    tao = config.get("tao", None) or {}
+    mode = tao.get("filter_a_mode", "mask")
     if mode not in FILTER_A_MODES:
-        raise ValueError(f"rollout.custom.tao.filter_a_mode={mode!r}; choose from {list(FILTER_A_MODES)} "
+        raise ValueError(f"tao.filter_a_mode={mode!r}; choose from {list(FILTER_A_MODES)} "
                          "(drop mode needs a custom ReplayBuffer in verl 0.9.1)")
-    known = {f.name for f in fields(EpisodeConfig)}
-    unknown = sorted(set(custom) - known)
-    if unknown:
-        raise ValueError(f"rollout.custom.tao has unknown key(s) {unknown}; known: {sorted(known)} + filter_a_mode")
-    return EpisodeConfig(response_length=int(rollout_config.response_length), **custom), mode
+    episode = dict(tao.get("episode", None) or {})
+    if "response_length" in episode:
+        raise ValueError("tao.episode.response_length: set actor_rollout_ref.rollout.response_length instead")
+    length = int(config.actor_rollout_ref.rollout.response_length)
+    return EpisodeConfig(response_length=length, **episode), mode
 
 
 def filter_a_weight(traj, mode: str) -> float:
@@ -70,7 +69,7 @@ class TaoToolAgentLoop(AgentLoopBase):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.episode_cfg, self.filter_a_mode = episode_config(self.rollout_config)
+        self.episode_cfg, self.filter_a_mode = episode_config(self.config)
         self.sandbox_cfg = SandboxConfig(timeout_s=self.episode_cfg.tool_timeout_s)
         self.eos_ids = {i for i in [getattr(self.tokenizer, "eos_token_id", None)] if i is not None}
 

@@ -23,6 +23,7 @@ old/new log-probs, advantages and the mask.
 from __future__ import annotations
 
 import torch
+from tensordict import TensorDict
 from torch import Tensor
 
 from tao_lab.advantages import ShapingConfig, shape_advantages
@@ -87,7 +88,6 @@ class TaoTrainerSync(PPOTrainerSync):
         metrics.update(shape_metrics)
         metrics["tao/filter_a_masked"] = float(sum(e.get("tao_filter_a", 0.0) for e in extra))
         out = {"advantages": response_to_nested(adv_t, response_mask)}
-        from tensordict import TensorDict
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                         fields=TensorDict(out, batch_size=len(batch)))
         return batch
