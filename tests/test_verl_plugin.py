@@ -223,3 +223,11 @@ def test_unreachable_shaping_variants_are_refused_by_name():
     for key, value in (("detach", False), ("z_scope", "micro_batch"), ("empty_gate_fallback", True)):
         with pytest.raises(ValueError, match=key):
             shaping_config(OmegaConf.create({"tao": {"shaping": {key: value}}}))
+
+
+def test_the_dataset_writer_gives_verl_its_columns_for_the_plugins_agent_loop(tmp_path):
+    from tao_lab_verl.dataset import tasks_frame
+
+    df = tasks_frame("arith-L1", "train", limit=3)
+    assert len(df) == 3 and set(df.agent_name) == {tao_lab_verl.AGENT_NAME}
+    assert df.prompt[0][-1]["role"] == "user" and df.reward_model[0]["ground_truth"]
