@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMPS := .stamps
 export TAO_LAB_HOME ?= $(HOME)/.cache/tao_lab
 
-.PHONY: setup model demo test test-fast test-browser lab bench clean
+.PHONY: setup model demo test test-fast test-browser lab bench clean verl test-verl
 
 setup: $(STAMPS)/venv $(STAMPS)/apt
 
@@ -52,5 +52,26 @@ bench: setup model
 	$(PY) benchmarks/sandbox_throughput.py
 	$(PY) benchmarks/rollout_throughput.py
 
+# The verl plugin (plugins/verl) in its own env: verl 0.9.1 needs transformers<5.11 and
+# tensordict<=0.10, tao_lab pins transformers 5.23. tao_lab goes in with --no-deps (the plugin uses
+# only its pure modules); torch stays 2.13.0 (CPU wheel here). No vllm/sglang: tests need neither.
+VERL_VENV := .venv-verl
+VERL_PY   := $(VERL_VENV)/bin/python
+$(STAMPS)/verl: plugins/verl/pyproject.toml pyproject.toml
+	@mkdir -p $(STAMPS)
+	test -x $(VERL_PY) || $(PYTHON) -m venv $(VERL_VENV)
+	$(VERL_PY) -m pip install -q --upgrade pip
+	$(VERL_PY) -m pip install -q torch==2.13.0 verl==0.9.1 'transformers>=5.5.3,<5.11,!=5.6.0' \
+	  'tensordict>=0.8.0,<=0.10.0,!=0.9.0' 'TransferQueue>=0.1.10' cachetools fastapi uvicorn pyzmq msgspec \
+	  math-verify==0.9.0 pytest==9.2.0
+	$(VERL_PY) -m pip install -q --no-deps -e .
+	$(VERL_PY) -m pip install -q --no-deps -e plugins/verl
+	@touch $@
+
+verl: $(STAMPS)/verl
+
+test-verl: verl
+	$(VERL_PY) -m pytest -q tests/test_verl_plugin.py
+
 clean:
-	rm -rf $(VENV) $(STAMPS) *.egg-info
+	rm -rf $(VENV) $(VERL_VENV) $(STAMPS) *.egg-info
