@@ -21,7 +21,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from tao_lab.advantages import post_tool_from_trajectory
+from tao_lab.records import post_tool_gate
 from tao_lab.records import ToolCall, Trajectory
 from tao_lab.sandbox import ExecResult
 from tao_lab.toolcall import PROTOCOLS, find_tool_call, format_observation, has_boxed, is_valid_call
@@ -69,7 +69,7 @@ def _append(tr: Trajectory, ids: list[int], logprobs: list[float] | None, mask: 
 def _end(tr: Trajectory, reason: str) -> Trajectory:
     tr.finish_reason = reason
     tr.truncated = reason == "token_budget"
-    tr.post_tool = post_tool_from_trajectory(tr)  # tao_lab's gate, recomputed from the record
+    tr.post_tool = post_tool_gate(tr.mask, tr.turn_idx, tr.tool_turns())  # tao_lab's one gate
     return tr
 
 
