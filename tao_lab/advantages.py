@@ -44,8 +44,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tao_lab.records import Trajectory
-
 # ----------------------------------------------------------------------------------------------
 # Group advantages (GRPO)
 

@@ -148,7 +148,7 @@ DERIVED = {
 }
 
 
-def _parse(text: str, tp, key: str):
+def parse_value(text: str, tp, key: str):
     """Text -> a value of the annotated type `tp` (bool, int, float, str, X | None, tuple[...])."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -159,7 +159,7 @@ def _parse(text: str, tp, key: str):
     if origin is tuple:
         items = [x.strip() for x in text.split(",") if x.strip()]
         elem = args[0] if args else str
-        return tuple(_parse(x, elem, key) for x in items)
+        return tuple(parse_value(x, elem, key) for x in items)
     if tp is bool:
         low = text.strip().lower()
         if low in ("true", "1", "yes", "on"):
@@ -195,7 +195,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
             if key not in top:
                 raise ValueError(f"--set {key}: unknown key; top-level keys are {sorted(top)}, stage sections "
                                  f"are {list(SECTIONS)} (write section.field=value)")
-            cfg = replace(cfg, **{key: _parse(text, typing.get_type_hints(TrainConfig)[key], key)})
+            cfg = replace(cfg, **{key: parse_value(text, typing.get_type_hints(TrainConfig)[key], key)})
             continue
         if section not in SECTIONS:
             hint = difflib.get_close_matches(section, SECTIONS, n=1)
@@ -208,7 +208,7 @@ def apply_overrides(cfg: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
             hint = difflib.get_close_matches(name, names, n=1)
             raise ValueError(f"--set {key}: {cls.__name__} has no field {name!r}"
                              + (f" (did you mean {section}.{hint[0]}?)" if hint else "") + f"; fields: {names}")
-        value = _parse(text, hints[name], key)
+        value = parse_value(text, hints[name], key)
         try:
             new = replace(getattr(cfg, section), **{name: value})   # runs the dataclass's own checks
         except ValueError as e:

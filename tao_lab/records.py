@@ -286,6 +286,19 @@ class RunStore:
     def tokens(self, step: int) -> pd.DataFrame:
         return tokens_frame(self.read_step(step))
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the metric lines and step files of steps after `step` (a crashed run's tail, before a
+        resume redoes them); metrics.jsonl is rewritten atomically."""
+        p = self.path / "metrics.jsonl"
+        if p.exists():
+            lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+            if len(kept) != len(lines):
+                _atomic_write_bytes(p, ("\n".join(kept) + "\n" if kept else "").encode())
+        for s in self.steps():
+            if s > step:
+                self.step_path(s).unlink()
+
     # -- metrics
     def append_metrics(self, metrics: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a") as f:

@@ -89,7 +89,7 @@ class RewardConfig:
         checks.number(self, "sigma_len", lo=0)
         checks.number(self, "anneal_steps", lo=0, integer=True)
         if self.anneal_steps == 1:
-            raise ValueError(f"RewardConfig.anneal_steps=1: must be 0 (no annealing) or >= 2 (σ reaches 0 at step T)")
+            raise ValueError("RewardConfig.anneal_steps=1: must be 0 (no annealing) or >= 2 (σ reaches 0 at step T)")
         checks.number(self, "self_example_bonus", lo=0, hi=1)
         checks.flag(self, "answer_in_tool_stdout", "efficiency")
 

@@ -435,7 +435,7 @@ class _Rollout:
         by_task = [[r for r in self.rows[t * self.M:(t + 1) * self.M] if r is not None]
                    for t in range(len(self.rows) // self.M)]
         free = [self.M - len(eps) for eps in by_task]
-        new, src, dst, keep = [], [], [], []
+        src, dst, keep = [], [], []
         for f in self.policy(by_task, list(free)):
             parent = next((e for e in by_task[f.task] if e.traj.sample_idx == f.sample_idx), None)
             if parent is None or free[f.task] == 0 or not parent.can_fork(f.pos, self.cfg.max_new_tokens):

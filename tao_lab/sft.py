@@ -41,7 +41,6 @@ Not covered: packing, full fine-tuning (the adapter only), a KL term to the base
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
 import time
@@ -537,19 +536,8 @@ class SFTRun:
         run.step_no = saved["state"]["step"]
         ckpt.set_rng_state(ckpt.read_rng(path))
         run._rng = ckpt.rng_state()
-        _drop_metrics_after(store, run.step_no)
+        store.truncate_after(run.step_no)
         return run
-
-
-def _drop_metrics_after(store: RunStore, step: int) -> None:
-    """Rewrite metrics.jsonl without the lines of steps after `step` (a crashed run's tail)."""
-    import json
-    p = store.path / "metrics.jsonl"
-    if p.exists():
-        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        if len(kept) != len(lines):
-            p.write_text("".join(ln + "\n" for ln in kept))
 
 
 @contextmanager
@@ -594,8 +582,11 @@ def load_sft_policy(run_dir, model_cfg: ModelConfig | None = None, seed: int = 0
 
 
 def apply_overrides(cfg: SFTConfig, overrides: Sequence[str]) -> SFTConfig:
-    """"field=value" or "model.field=value" strings, each validated by its dataclass."""
+    """"field=value" or "model.field=value" strings, each validated by its dataclass; values are read
+    by the same parser as `tao-lab train --set` (presets.parse_value)."""
     import typing
+
+    from .presets import parse_value
     for item in overrides:
         key, eq, text = (s.strip() for s in item.partition("="))
         target = cfg.model if key.startswith("model.") else cfg
@@ -605,23 +596,7 @@ def apply_overrides(cfg: SFTConfig, overrides: Sequence[str]) -> SFTConfig:
             raise ValueError(f"--set {item!r}: write FIELD=VALUE with FIELD one of {sorted(names - {'model'})} "
                              f"or model.FIELD")
         tp = typing.get_type_hints(type(target))[name]
-        value = _parse(text, tp)
+        value = parse_value(text, tp, key)
         new = replace(target, **{name: value})
         cfg = replace(cfg, model=new) if target is cfg.model else new
     return cfg
-
-
-def _parse(text: str, tp):
-    if text.lower() in ("none", "null") and type(None) in getattr(tp, "__args__", ()):
-        return None
-    base = next((a for a in getattr(tp, "__args__", (tp,)) if a is not type(None)), tp)
-    if base is bool:
-        if text.lower() not in ("true", "false", "1", "0"):
-            raise ValueError(f"{text!r} is not a bool; write true or false")
-        return text.lower() in ("true", "1")
-    if base in (int, float):
-        try:
-            return base(text)
-        except ValueError:
-            raise ValueError(f"{text!r} is not a {base.__name__}") from None
-    return text

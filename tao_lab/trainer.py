@@ -661,23 +661,8 @@ class Trainer:
         tr.state = TrainState(**saved["state"])
         ckpt.set_rng_state(ckpt.read_rng(path))
         tr._rng_snapshot = ckpt.rng_state()
-        _truncate_run(tr.store, tr.state.step)
+        tr.store.truncate_after(tr.state.step)
         return tr
-
-
-def _truncate_run(store: RunStore, step: int) -> None:
-    """Drop metric lines and step files after `step` (atomically rewrites metrics.jsonl)."""
-    from .records import _atomic_write_bytes
-    p = store.path / "metrics.jsonl"
-    if p.exists():
-        import json
-        lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        if len(kept) != len(lines):
-            _atomic_write_bytes(p, ("\n".join(kept) + "\n" if kept else "").encode())
-    for s in store.steps():
-        if s > step:
-            store.step_path(s).unlink()
 
 
 def frame_of_logs(logs: Sequence[StepLog]) -> pd.DataFrame:

@@ -1,7 +1,5 @@
 """Forced prefixes and branches: records, masks, the post-tool gate, the tree in the run store."""
 
-from dataclasses import dataclass, field
-
 import pytest
 
 from fakes import ByteTokenizer, ScriptedPolicy
@@ -9,15 +7,7 @@ from tao_lab.branches import Fork, prefix_from_text, prefix_from_trajectory
 from tao_lab.records import RunStore, post_tool_gate, tree_frame
 from tao_lab.rollout import RolloutConfig, generate
 from tao_lab.sandbox import SandboxConfig, SandboxPool
-from test_rollout import teacher_forced_check
-
-
-@dataclass
-class T:
-    id: str
-    prompt: str
-    answer: str = ""
-    meta: dict = field(default_factory=dict)
+from test_rollout import T, teacher_forced_check
 
 
 CODE = "```python\nprint(6 * 7)\n```"

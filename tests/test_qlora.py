@@ -8,7 +8,6 @@ matmul). Old code: 2.0 / 1.5 / 0.41 at 1x1 / 2x1 / 2x24.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 import torch

@@ -7,7 +7,6 @@ import json
 import math
 from dataclasses import replace
 
-import pandas as pd
 import pytest
 import torch
 

@@ -8,8 +8,6 @@ What needs a GPU (vLLM rollout, FSDP update) is benchmarks/verl_gpu_smoke.sh.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from importlib.metadata import entry_points
 from pathlib import Path
 
