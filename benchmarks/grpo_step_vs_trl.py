@@ -59,9 +59,9 @@ def _rss_mb() -> float:
 
 def _prompt_order(n_steps: int) -> list[int]:
     """Task indices in the order tao_lab's prompt stream draws them (TRL gets the same order)."""
-    from tao_lab.trainer import sample_prompts
+    from tao_lab.hooks import seeded_order
     n = SETTINGS["prompts_per_step"] * n_steps
-    return sample_prompts(n, 0, n, SETTINGS["seed"])[0]
+    return seeded_order(n, 0, n, SETTINGS["seed"])[0]
 
 
 def run_tao_lab(warmup: int, steps: int) -> dict:

@@ -181,7 +181,7 @@ print(f"flagged episodes: {len(drop_rows)}; in mask mode {int(mask_rows['advanta
 #
 # After Filter B fewer groups may survive than the update wants (B). The authors' code duplicates
 # surviving groups (fresh group ids) up to B; with more survivors it subsamples B. DAPO's alternative
-# (`filters.dynamic_sampling`) keeps sampling new prompts instead; it needs the model, so it is not run
+# (`methods.dapo.dynamic_sampling`, `--method dapo`) keeps sampling new prompts instead; it needs the model, so it is not run
 # here. Below: B = the number of prompts we sampled.
 
 # %%

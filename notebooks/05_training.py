@@ -39,6 +39,7 @@ from IPython.display import HTML, display
 
 from tao_lab import explore, filters, plots, trainer, update, widgets
 from tao_lab.advantages import shape_advantages
+from tao_lab.hooks import SeededStream
 from tao_lab.loss import policy_loss
 from tao_lab.presets import make_config
 from tao_lab.rewards import score
@@ -81,12 +82,14 @@ assert all("lora_" in n for n, p in tr.model.named_parameters() if p.requires_gr
 
 # %% [markdown]
 # ## 2. One step, by hand
-# **Sample prompts.** A seeded permutation of the tasks per epoch, read by a cursor — the cursor is
-# what a checkpoint stores as the data position, so a resumed run draws the same prompts.
+# **Sample prompts.** The trainer's *prompt source* (`hooks.PromptSource`) decides what each step rolls
+# out. The default, `SeededStream`, reads a seeded permutation of the tasks per epoch with a cursor —
+# its `state_dict()` is what a checkpoint stores as the data position, so a resumed run draws the same
+# prompts. Methods swap it: ToolExpander replaces hard prompts, ET-Agent picks questions by Pareto rank.
 
 # %%
-idx, cursor = trainer.sample_prompts(len(tr.tasks), 0, cfg.data.prompts_per_step, cfg.seed)
-tasks = [tr.tasks[i] for i in idx]
+batch = SeededStream(tr.tasks, cfg.seed).next_batch(step=1, k=cfg.data.prompts_per_step)
+tasks = batch.tasks
 for t in tasks:
     print(t.id, "|", t.prompt, "| answer", t.answer)
 

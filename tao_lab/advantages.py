@@ -18,7 +18,6 @@ What is here, with its source (METHODS.md §0, §1.2, §5, §6, §7):
     shape_advantages     TAO-RL multiplicative reshaping  Ã_t = A_t (1 + a g_t z_t)  [paper][code],
                          the additive bonus  A_t + g_t min(α H_t, |A_t|/κ)  [2506.14758], or none;
                          chosen by `ShapingConfig.kind` in the SHAPERS dict literal.
-    arpo_branch_probability   clip(0.5 + 0.2 ΔH, 0, 1)  [ARPO code]
     pass_at_k, avg_at_k  evaluation: unbiased Pass@k 1 - C(n-c,k)/C(n,k) (stable product form)
 
 Paper vs authors' code for the reshaping (defaults = paper reading; each switch in ShapingConfig):
@@ -339,17 +338,7 @@ def shape_advantages(adv: Tensor, entropy: Tensor, mask: Tensor, gate: Tensor | 
 
 
 # ----------------------------------------------------------------------------------------------
-# ARPO branching and evaluation estimators
-
-
-def arpo_branch_probability(delta_h: Tensor | float, base: float = 0.5, beta: float = 0.2) -> Tensor | float:
-    """ARPO [code]: probability of branching at a tool juncture, clip(base + beta·ΔH, 0, 1).
-
-    ΔH = entropy after the tool result minus the rollout's initial entropy.
-    """
-    if isinstance(delta_h, Tensor):
-        return (base + beta * delta_h).clamp(0.0, 1.0)
-    return min(1.0, max(0.0, base + beta * float(delta_h)))
+# Evaluation estimators
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -381,5 +370,5 @@ __all__ = [
     "group_advantages", "STD_MODES", "token_logprobs_and_entropy", "token_entropy", "token_logprobs",
     "ShapingConfig", "entropy_zscore",
     "reshape_multiplicative", "additive_bonus", "shape_advantages", "effective_gate", "DEFAULT_STD", "SHAPERS", "GATES", "Z_SCOPES",
-    "arpo_branch_probability", "pass_at_k", "avg_at_k", "pass_at_k_mean",
+    "pass_at_k", "avg_at_k", "pass_at_k_mean",
 ]

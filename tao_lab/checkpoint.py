@@ -8,7 +8,7 @@ Layout, inside a run folder:
         optimizer.pt           optimizer.state_dict()
         scheduler.pt           lr scheduler state_dict()
         rng.pt                 python / numpy / torch (CPU + CUDA) RNG states
-        state.json             step, data cursor, the full TrainConfig as a dict, time
+        state.json             step, the prompt source's state (data cursor), the full TrainConfig as a dict, time
         COMPLETE               written last, before the rename
 
 How it stays atomic: everything is written (and fsynced) into a hidden sibling folder

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .advantages import pass_at_k
-from .records import RunStore
+from .records import RunStore, correct_column
 
 # training metrics shown as curves and summarised per arm (mean over a run's steps)
 TELEMETRY = {
@@ -103,9 +103,9 @@ def _eval_samples(run_dir: Path) -> pd.DataFrame:
         store = RunStore(mfile.parent)
         if not store.steps():
             continue
-        t = store.trajectories([0])[["task_id", "sample_idx", "reward"]]
-        t = t.assign(step=int(mfile.parent.name.split("_")[1]), correct=(t["reward"].fillna(0) > 0).astype(float))
-        frames.append(t.drop(columns="reward"))
+        t = store.trajectories([0])
+        t = t.assign(step=int(mfile.parent.name.split("_")[1]), correct=correct_column(t).astype(float))
+        frames.append(t[["task_id", "sample_idx", "step", "correct"]])
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import filters as filters_mod
 from .advantages import pass_at_k_mean
-from .records import RunStore, Trajectory
+from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
 from .trainer import config_from_dict, load_model, rollout_stage, telemetry
@@ -50,9 +50,9 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
     t0 = time.perf_counter()
     trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge)
     _, rmetrics = score(trajs, reward or RewardConfig())
-    correct: dict[str, list[float]] = {}       # task -> 0/1 per sample (reward > 0 = verified answer)
-    for t in trajs:
-        correct.setdefault(t.task_id, []).append(float(t.reward > 0))
+    correct: dict[str, list[float]] = {}       # task -> 0/1 per sample: the verifier's verdict, never
+    for t in trajs:                            # the (possibly shaped) reward
+        correct.setdefault(t.task_id, []).append(float(is_correct(t)))
     n = [len(v) for v in correct.values()]
     c = [int(sum(v)) for v in correct.values()]
     no_filter = filters_mod.apply(trajs, filters_mod.FilterConfig(rules=()))   # telemetry needs a result

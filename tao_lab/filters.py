@@ -39,12 +39,11 @@ How filters interact with advantages (the one thing to get right):
 Batch refill [code]: with `target_groups=B`, surviving groups are duplicated with fresh group ids
 up to B (`refill="duplicate"`) or subsampled to B (seeded). If no group survives, `skip=True` and
 `skip_reason` says why; the trainer must skip the update. DAPO-style dynamic sampling is the
-alternative: `dynamic_sampling(sample, cfg)` keeps asking a sampler for more groups until B
-informative groups are collected (see its docstring); `need_more(result, B)` is the one-line check
-for a hand-written loop.
+alternative (refill="dynamic", methods/dapo.py): the Trainer keeps sampling fresh prompts until B
+informative groups are collected.
 
-Covered: every rule above, both Filter A readings, refill by duplication/subsampling, dynamic
-sampling, per-trajectory and per-group decisions with reasons, counts with a stable key set, a
+Covered: every rule above, both Filter A readings, refill by duplication/subsampling,
+per-trajectory and per-group decisions with reasons, counts with a stable key set, a
 funnel frame.
 Not covered / deviations:
     * Overlong group rule: a group with no overlong member is never dropped by it. The authors' code
@@ -74,6 +73,9 @@ from tao_lab.records import Trajectory
 FILTER_B_THRESHOLD = 1e-3   # [paper][code] std(rewards) below this = a degenerate group
 
 
+REFILLS = ("duplicate", "subsample", "none", "dynamic")
+
+
 @dataclass
 class FilterConfig:
     """Which filters run, in which order, and how the batch is refilled afterwards."""
@@ -85,6 +87,9 @@ class FilterConfig:
     std_threshold: float = FILTER_B_THRESHOLD  # Filter B: a group whose reward std (unbiased) is below this is degenerate
     target_groups: int | None = None  # B groups per update; None = keep whatever survives (no refill)
     refill: str = "duplicate"        # "duplicate" (code: up to B) | "subsample" (only trim to B) | "none"
+                                     # | "dynamic" (DAPO: the Trainer samples fresh prompts, methods/dapo.py;
+                                     # apply() alone then trims like "subsample")
+    max_rounds: int = 10             # "dynamic": sampling rounds per step at most (DAPO max_num_gen_batches [code])
     seed: int = 0                    # seeds the refill choice (duplication / subsampling)
     overlong_reward: str = "own"     # "own" (default: an overlong row keeps its reward) | "zero" (code's
                                      # remove_clip: it enters Filter B and the group baseline with 0)
@@ -105,7 +110,8 @@ class FilterConfig:
         checks.number(self, "min_n", lo=1, integer=True)
         checks.number(self, "std_threshold", lo=0, hi=1)
         checks.number(self, "target_groups", lo=1, integer=True, none_ok=True)
-        checks.choice(self, "refill", ("duplicate", "subsample", "none"))
+        checks.choice(self, "refill", REFILLS)
+        checks.number(self, "max_rounds", lo=1, integer=True)
         checks.number(self, "seed", integer=True)
         checks.choice(self, "overlong_reward", ("own", "zero"))   # 'zero' = the code's remove_clip
         checks.flag(self, "filter_a_scale_adv")
@@ -407,49 +413,3 @@ def _refill(survived: dict[int, list[int]], trajs: list[Trajectory], cfg: Filter
             sources.append(gid)
         counts["refill/duplicated_groups"] = B - len(survived)
     return groups, sources, counts
-
-
-# ----------------------------------------------------------------------------------------------
-# DAPO-style dynamic sampling
-
-
-def need_more(result: FilterResult, target_groups: int) -> int:
-    """How many more informative groups a dynamic-sampling loop still has to collect (0 = enough)."""
-    return max(0, target_groups - result.n_groups_survived)
-
-
-def dynamic_sampling(sample: Callable[[int], list[Trajectory]], cfg: FilterConfig,
-                     max_rounds: int = 8) -> tuple[list[Trajectory], FilterResult]:
-    """DAPO's alternative to refill: keep sampling until `cfg.target_groups` groups survive.
-
-    `sample(k)` must roll out and score k new prompts (it may oversample) and return their
-    trajectories with group ids not used before. The pool is re-filtered after each round (the
-    rules are per group, so earlier decisions do not change); after the last round the pool is
-    trimmed to B groups with `refill="subsample"` (never duplicated). If `max_rounds` runs out first,
-    the result has fewer groups and `counts["dynamic/short_by"]` says how many are missing.
-    Returns the whole pool (index into it with the result) and the final FilterResult.
-    """
-    if cfg.target_groups is None:
-        raise ValueError("dynamic_sampling needs FilterConfig.target_groups (the B groups to collect)")
-    if max_rounds < 1:
-        raise ValueError(f"max_rounds={max_rounds} must be >= 1")
-    pool: list[Trajectory] = []
-    seen: set[int] = set()
-    collect = replace(cfg, target_groups=None, refill="none")
-    need, rounds, sampled = cfg.target_groups, 0, 0
-    while need > 0 and rounds < max_rounds:
-        new = sample(need)
-        ids = {t.group_id for t in new}
-        if ids & seen:
-            raise ValueError(f"sample() returned group ids already used in an earlier round: {sorted(ids & seen)}; "
-                             "give every round's prompts fresh group ids")
-        seen |= ids
-        pool += new
-        rounds, sampled = rounds + 1, sampled + len(ids)
-        if not new:
-            break  # the sampler has nothing more to give (e.g. the task set is exhausted)
-        need = need_more(apply(pool, collect), cfg.target_groups)
-    final = apply(pool, replace(cfg, refill="subsample"))
-    final.counts.update({"dynamic/rounds": rounds, "dynamic/sampled_groups": sampled,
-                         "dynamic/short_by": need_more(final, cfg.target_groups)})
-    return pool, final

@@ -59,7 +59,7 @@ class Arm:
     """One arm of the grid: a method and its `--set section.field=value` overrides."""
 
     name: str                        # folder name and label in the comparison
-    method: str = "tao"              # presets.METHODS key
+    method: str = "tao"              # methods.arms.ARMS key (presets.METHODS)
     set: list[str] = field(default_factory=list)
     seeds: list[int] | None = None   # this arm's seeds (None = the grid's), e.g. more for headline arms
 

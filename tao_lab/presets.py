@@ -7,17 +7,7 @@ A config is built in exactly three visible steps, in this order:
         2. METHODS[method](cfg)       the algorithm's switches: filters, shaping, refill
         3. apply_overrides(cfg, ...)  "section.field=value" strings, each validated by its dataclass
 
-Methods (METHODS.md §1.3), all sharing the same loss (clip-higher 0.2/0.28, dual clip 3, token-mean,
-no KL) so that a comparison isolates the filters and the shaping:
-
-    grpo        plain GRPO: no filter, no shaping, every group trained (all-equal groups get A = 0)
-    simpletir   GRPO + SimpleTIR masks: overlong and void-turn trajectories get loss weight 0
-    tao         TAO-RL, paper reading: overlong -> void turn -> Filter B -> Filter A (drop, before the
-                advantage) -> refill to B groups; Ã = A(1 + 0.01 g z) on post-tool tokens, z per
-                trajectory, entropy detached
-    tao_code    TAO-RL as the authors' public config runs it: Filter A off (its mode set to "mask" so
-                `filter.rules` + filter_a reproduces the code), gate on all tokens, z over the
-                micro-batch, no detach, a micro-batch without gated tokens reshapes all of them
+Methods: the arms of tao_lab/methods/arms.py (ARMS, here METHODS), whose docstring lists their switches.
 
 Presets:
     cpu_demo    the embedded SmolLM2-135M, LoRA r=16 on all linear layers, fp32; sizes chosen so a
@@ -39,8 +29,8 @@ import typing
 from dataclasses import fields, replace
 from typing import Callable, Sequence
 
-from .advantages import ShapingConfig
 from .filters import FilterConfig
+from .methods.arms import ARMS as METHODS
 from .models import ModelConfig
 from .rollout import RolloutConfig
 from .trainer import (SECTIONS, TINY_MODEL, DataConfig, OptimConfig, RunConfig, TrainConfig,
@@ -91,40 +81,6 @@ def test_tiny() -> TrainConfig:
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {"cpu_demo": cpu_demo, "gpu_qlora": gpu_qlora, "test_tiny": test_tiny}
-
-# ----------------------------------------------------------------------------------------------
-# Methods: switches
-
-
-def grpo(cfg: TrainConfig) -> TrainConfig:
-    return replace(cfg, method="grpo", filter=replace(cfg.filter, rules=(), refill="none"),
-                   shaping=replace(cfg.shaping, kind="none"))
-
-
-def simpletir(cfg: TrainConfig) -> TrainConfig:
-    return replace(cfg, method="simpletir", filter=replace(cfg.filter, rules=("overlong", "void_turn"), refill="none"),
-                   shaping=replace(cfg.shaping, kind="none"))
-
-
-def tao(cfg: TrainConfig) -> TrainConfig:
-    return replace(cfg, method="tao",
-                   filter=replace(cfg.filter, rules=("overlong", "void_turn", "filter_b", "filter_a"),
-                                  filter_a_mode="drop", refill="duplicate"),
-                   shaping=ShapingConfig(kind="tao", coef=0.01, gate="post_tool", z_scope="trajectory", detach=True))
-
-
-def tao_code(cfg: TrainConfig) -> TrainConfig:
-    return replace(cfg, method="tao_code",
-                   filter=replace(cfg.filter, rules=("overlong", "void_turn", "filter_b"),
-                                  filter_a_mode="mask", filter_a_strength=1.0, refill="duplicate"),
-                   shaping=ShapingConfig(kind="tao", coef=0.01, gate="all_tokens", z_scope="micro_batch",
-                                         detach=False, empty_gate_fallback=True))
-
-
-METHODS: dict[str, Callable[[TrainConfig], TrainConfig]] = {
-    "grpo": grpo, "simpletir": simpletir, "tao": tao, "tao_code": tao_code,
-}
-
 
 def make_config(preset: str = "cpu_demo", method: str = "tao", overrides: Sequence[str] = ()) -> TrainConfig:
     """preset sizes -> method switches -> `--set` overrides (see the module docstring)."""

@@ -83,7 +83,8 @@ class Trajectory:
     finish_reason: str = ""   # one of FINISH_REASONS
     truncated: bool = False   # hit the completion token budget
     void_turn: bool = False   # some turn had neither a tool call nor a boxed answer
-    reward: float | None = None  # set by rewards.score
+    reward: float | None = None  # set by rewards.score (or a method's reward_fn: may be shaped)
+    correct: bool | None = None  # the verifier's verdict alone (rewards.score / mark_correct); None = not checked
     sample_idx: int = 0       # index of this episode within its group
     parent: int | None = None      # sample_idx of the trajectory this one branched from (same group)
     branch_pos: int | None = None  # index into token_ids where it diverged; earlier tokens are copies
@@ -111,6 +112,32 @@ class Trajectory:
         """Turns that made a tool call (prefix calls included: their observation is what the next
         turn of the policy reads)."""
         return {c.turn for c in self.tool_calls}
+
+
+class LegacyCorrectnessWarning(UserWarning):
+    """A run stored before Trajectory.correct existed: correctness falls back to reward > 0."""
+
+
+def is_correct(t: Trajectory) -> bool:
+    """THE correctness predicate: the verifier's verdict (Trajectory.correct), never a shaped reward.
+    Runs stored before the field existed fall back to reward > 0, with a LegacyCorrectnessWarning."""
+    if t.correct is not None:
+        return bool(t.correct)
+    import warnings
+    warnings.warn("trajectory without a verifier verdict (an old run): counting reward > 0 as correct",
+                  LegacyCorrectnessWarning, stacklevel=2)
+    return (t.reward or 0.0) > 0
+
+
+def correct_column(df: pd.DataFrame) -> pd.Series:
+    """is_correct over a trajectories frame (a `correct` column, else reward > 0 for old runs)."""
+    if "correct" in df and df["correct"].notna().all():
+        return df["correct"].astype(bool)
+    import warnings
+    warnings.warn("run store without a `correct` column (an old run): counting reward > 0 as correct",
+                  LegacyCorrectnessWarning, stacklevel=2)
+    fallback = df["reward"].fillna(0) > 0
+    return df["correct"].fillna(fallback).astype(bool) if "correct" in df else fallback
 
 
 def post_tool_gate(mask: list[int], turn_idx: list[int], tool_turns: set[int]) -> list[int]:
@@ -156,6 +183,8 @@ def trajectory_from_row(row: dict[str, Any]) -> Trajectory:
     for k in ("parent", "branch_pos"):    # parquet stores a column with missing ints as floats
         v = kw.get(k)
         kw[k] = None if v is None or pd.isna(v) else int(v)
+    c = kw.get("correct")
+    kw["correct"] = None if c is None or pd.isna(c) else bool(c)
     if "prefix_len" in kw:
         kw["prefix_len"] = int(kw["prefix_len"])
     return Trajectory(**kw)

@@ -57,6 +57,9 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from tao_lab.methods.et_agent import annealed_sigma, et_agent_rewards
+from tao_lab.methods.toolexpander import has_self_example
+
 if TYPE_CHECKING:  # the verifier child imports this module; keep it free of pandas & co.
     from tao_lab.records import Trajectory
 
@@ -198,18 +201,6 @@ def extract_answer(solution: str, style: str = "auto") -> str | None:
     if style == "gsm8k":
         return None
     return extract_boxed(solution)
-
-
-_EXAMPLE_RE = re.compile(r"<example>\s*\S.*?</example>", re.DOTALL)
-
-
-def has_self_example(text: str) -> bool:
-    """[recon] ToolExpander's self-exemplifying thinking, detected as a non-empty <example> section.
-
-    The paper rewards (+0.01) a model that writes and analyses its own example before answering but
-    does not say how that is detected; tao_lab asks for a marked section `<example>...</example>`.
-    """
-    return bool(_EXAMPLE_RE.search(text or ""))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -386,54 +377,6 @@ def verify(pred: str | None, gold: str | None, timeout_s: float = 5.0,
 
 
 # ----------------------------------------------------------------------------------------------
-# ET-Agent's efficiency calibration (METHODS.md §3), pure functions over one group of G rollouts.
-
-
-def calibration(x: np.ndarray, sigma: float) -> np.ndarray:
-    """f(x) = 2 / (1 + exp(σ · (x − mean(x)))) over one group. x: (G,) -> (G,), values in (0, 2).
-
-    Below the group mean f > 1 (fewer calls / shorter is rewarded), above it f < 1; σ = 0 gives 1.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    z = np.clip(sigma * (x - x.mean()), -700.0, 700.0)  # exp overflows past ~709
-    return 2.0 / (1.0 + np.exp(z))
-
-
-def group_zscore(x: np.ndarray) -> np.ndarray:
-    """(x − mean) / std over one group, population std (ddof=0) as in ET-Agent's code; 0 if std = 0."""
-    x = np.asarray(x, dtype=np.float64)
-    std = x.std()
-    return np.zeros_like(x) if std == 0 else (x - x.mean()) / std
-
-
-def annealed_sigma(sigma: float, step: int, total_steps: int) -> float:
-    """σ_eff = σ · max(0, (T − step) / (T − 1)); T = 0 means no annealing.
-
-    Steps count from 1 (the run store's first step is 1): σ_eff = σ at step 1 and 0 from step T on.
-    Deviation: the factor is also capped at 1, so step 0 (before training) uses σ, not σ·T/(T−1).
-    """
-    if total_steps == 0:
-        return float(sigma)
-    factor = (total_steps - step) / (total_steps - 1)
-    return float(sigma) * min(1.0, max(0.0, factor))
-
-
-def et_agent_rewards(correct: np.ndarray, n_tool_calls: np.ndarray, lengths: np.ndarray,
-                     no_answer: np.ndarray, sigma_tool: float, sigma_len: float,
-                     format_penalty: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """R = correct · f_tool · f_len − format_penalty · no_answer, over one group. All arrays (G,).
-
-    f_tool = calibration(n_tool_calls, σ_tool); f_len = calibration(zscore(lengths), σ_len) (the
-    mean of z-scores is 0, so this is f applied to z). Returns (R, f_tool, f_len).
-    """
-    correct = np.asarray(correct, dtype=np.float64)
-    f_tool = calibration(n_tool_calls, sigma_tool)
-    f_len = calibration(group_zscore(lengths), sigma_len)
-    r = correct * f_tool * f_len - format_penalty * np.asarray(no_answer, dtype=np.float64)
-    return r, f_tool, f_len
-
-
-# ----------------------------------------------------------------------------------------------
 # Scoring trajectories
 
 
@@ -466,6 +409,18 @@ def find_answer(traj: Trajectory, use_tool_output: bool = True) -> tuple[str | N
                 answer, where = a, "tool"
                 break
     return answer, where, len(lost)
+
+
+def mark_correct(trajs: Sequence[Trajectory], cfg: RewardConfig | None = None) -> int:
+    """Set Trajectory.correct from the verifier on trajectories that have no verdict yet (after a
+    method's own reward_fn: correctness never comes from a shaped reward). Returns how many it checked."""
+    cfg = cfg or RewardConfig()
+    todo = [t for t in trajs if t.correct is None]
+    for t in todo:
+        ans, _, _ = find_answer(t, cfg.answer_in_tool_stdout)
+        t.correct = bool((t.answer or "").strip()) and bool(verify(ans, t.answer, cfg.verify_timeout_s,
+                                                                   rel_tol=cfg.rel_tol))
+    return len(todo)
 
 
 def score(trajs: Sequence[Trajectory], cfg: RewardConfig | None = None,
@@ -513,8 +468,8 @@ def score(trajs: Sequence[Trajectory], cfg: RewardConfig | None = None,
         rewards = rewards + cfg.self_example_bonus * examples
 
     out = [float(r) for r in rewards]
-    for t, r in zip(trajs, out):
-        t.reward = r
+    for t, r, c in zip(trajs, out, correct):
+        t.reward, t.correct = r, bool(c)
 
     def rate(x: np.ndarray) -> float:
         return float(x.mean()) if n else 0.0

@@ -31,7 +31,7 @@ Choices, stated once:
     rollout ends an episode only at EOS, so a policy that never learnt to stop would run on to the
     token budget. Run-store trajectories are kept exactly as sampled.
   - Data order: step s reads examples [s·batch, (s+1)·batch) of an endless stream, a fresh seeded
-    permutation per epoch (trainer.sample_prompts), so a resumed run reads what the uninterrupted
+    permutation per epoch (hooks.seeded_order), so a resumed run reads what the uninterrupted
     one would; optimizer, scheduler and RNG states come back from the checkpoint, which makes a
     resumed run's losses equal the uninterrupted run's (tested).
 
@@ -435,9 +435,9 @@ class SFTRun:
 
     def batch_indices(self, step: int) -> list[int]:
         """Example indices of optimizer step `step` (1-based): a seeded stream read by position."""
-        from .trainer import sample_prompts
+        from .hooks import seeded_order
         B = self.cfg.batch_size
-        return sample_prompts(len(self.examples), (step - 1) * B, B, self.cfg.seed)[0]
+        return seeded_order(len(self.examples), (step - 1) * B, B, self.cfg.seed)[0]
 
     def step(self) -> dict:
         cfg, s = self.cfg, self.step_no + 1

@@ -2,12 +2,16 @@
 
 One `Trainer.step()` runs the stages below, each a named function a notebook can also call alone:
 
-    sample_prompts    which tasks this step rolls out: a seeded permutation per epoch read by a
-                      cursor (the checkpointed "data position"), ceil(B x oversample) prompts
+    prompt_source     which tasks this step rolls out, rendered how, with which forced prefixes
+                      and branch policy: ceil(B x oversample) prompts (hooks.py; default
+                      SeededStream, a seeded permutation per epoch read by a checkpointed cursor)
     rollout_stage     rollout.generate with a per-step seed (KV engine, eval mode, no grad)
-    score             rewards.score (or a `reward_fn` handed to the Trainer)
+    reward_fn         rewards.score (or the method's / caller's reward); then rewards.mark_correct,
+                      so correctness is the verifier's even under a shaped reward
+    observe           the prompt source sees the scored rollouts (hardness, pass rates, probes)
     filters.apply     TAO-RL's filters + companions + refill to B groups, with reasons
-    compute_advantages   GRPO group advantage per advantage row (update.py)
+    advantage_fn      GRPO group advantage per advantage row (update.compute_advantages) or the
+                      method's (tree / mixed advantages, per-token)
     update_policy     micro-batches, ONE training forward each for log-probs and entropy, entropy
                       shaping, loss.policy_loss on Trajectory.full_mask() x filter weight, gradient
                       accumulation, grad-norm clipping, one optimizer step per pass (update.py,
@@ -54,10 +58,15 @@ import torch
 from . import checkpoint as ckpt
 from . import filters as filters_mod
 from .advantages import ShapingConfig
+from .hooks import MethodHooks, PromptBatch, SeededStream
 from .loss import LossConfig
+from .methods.arpo import ArpoConfig
+from .methods.e3tir import E3TIRConfig
+from .methods.et_agent import EtAgentConfig
+from .methods.toolexpander import ToolExpanderConfig
 from .models import ModelConfig, finish_policy, load_policy, load_tokenizer, tiny_model
-from .records import RunStore, Trajectory
-from .rewards import RewardConfig, score
+from .records import RunStore, Trajectory, is_correct
+from .rewards import RewardConfig, mark_correct, score
 from .rollout import RolloutConfig, RolloutStats, generate
 from .update import UpdateConfig, compute_advantages, update_policy
 
@@ -144,7 +153,7 @@ class RunConfig:
 class TrainConfig:
     """Everything a run needs; one field per stage. `seed` seeds every stage (see step_seed)."""
 
-    method: str = "tao"              # label only (presets.METHODS set the switches): grpo/simpletir/tao/tao_code
+    method: str = "tao"              # the arm (methods/arms.py ARMS sets its switches, HOOKS its hooks)
     seed: int = 0                    # adapter init, task order, sampling and refill all derive from it
     merge_for_rollout: bool = True   # sample from W + s·BA merged (3x fewer matmuls); base restored exactly after
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,6 +166,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # the seed methods' own knobs (read only by their hooks; see tao_lab/methods/)
+    arpo: ArpoConfig = field(default_factory=ArpoConfig)
+    e3tir: E3TIRConfig = field(default_factory=E3TIRConfig)
+    et_agent: EtAgentConfig = field(default_factory=EtAgentConfig)
+    toolexpander: ToolExpanderConfig = field(default_factory=ToolExpanderConfig)
 
 
 # The stage sections of TrainConfig and their dataclasses (used by config_from_dict and --set).
@@ -164,6 +178,7 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "reward": RewardConfig,
     "filter": filters_mod.FilterConfig, "shaping": ShapingConfig, "loss": LossConfig,
     "optim": OptimConfig, "update": UpdateConfig, "run": RunConfig,
+    "arpo": ArpoConfig, "e3tir": E3TIRConfig, "et_agent": EtAgentConfig, "toolexpander": ToolExpanderConfig,
 }
 
 
@@ -172,12 +187,13 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    """Inverse of config_to_dict (lists become tuples where the dataclass wants them)."""
+    """Inverse of config_to_dict (lists become tuples where the dataclass wants them). A section a
+    stored config lacks (a run made before it existed) takes its defaults."""
     kw = {}
     for f in fields(TrainConfig):
         if f.name in SECTIONS:
-            kw[f.name] = SECTIONS[f.name](**d[f.name])
-        else:
+            kw[f.name] = SECTIONS[f.name](**d.get(f.name, {}))
+        elif f.name in d:
             kw[f.name] = d[f.name]
     return TrainConfig(**kw)
 
@@ -185,27 +201,6 @@ def config_from_dict(d: dict) -> TrainConfig:
 def step_seed(seed: int, step: int, stream: int) -> int:
     """A seed for one stream (1 rollout, 2 refill, ...) of one step: resumable, no shared RNG state."""
     return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 31 - 1)
-
-
-# ----------------------------------------------------------------------------------------------
-# Stage 1: which prompts
-
-
-def sample_prompts(n_tasks: int, cursor: int, k: int, seed: int) -> tuple[list[int], int]:
-    """k task indices read from position `cursor` of an endless stream; returns (indices, new cursor).
-
-    The stream is a fresh seeded permutation of range(n_tasks) per epoch, so every task is seen
-    once per epoch and the prompts of any step depend only on (seed, cursor): a resumed run that
-    restores the cursor draws exactly the prompts the uninterrupted run would have drawn.
-    """
-    if n_tasks < 1:
-        raise ValueError("no training tasks: check DataConfig.tasks / split / limit")
-    out = []
-    for pos in range(cursor, cursor + k):
-        epoch, i = divmod(pos, n_tasks)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_tasks)
-        out.append(int(perm[i]))
-    return out, cursor + k
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,12 +235,17 @@ def merged_adapter(model, enabled: bool = True):
 
 
 def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: int,
-                  group_offset: int = 0, merge: bool = False) -> tuple[list[Trajectory], RolloutStats]:
+                  group_offset: int = 0, merge: bool = False,
+                  batch: PromptBatch | None = None) -> tuple[list[Trajectory], RolloutStats]:
     """generate() in eval mode with this step's seed (`merge`: from merged LoRA weights); the model
-    is left in eval mode."""
+    is left in eval mode. `batch` (a prompt source's PromptBatch) supplies the rendered prompts,
+    forced prefixes, branch policy and row budget; `tasks` is then batch.tasks."""
     model.eval()
+    extra = {} if batch is None else {"prompts": batch.prompts, "prefixes": batch.prefixes,
+                                      "branch_policy": batch.branch_policy, "max_rows": batch.max_rows}
     with torch.no_grad(), merged_adapter(model, merge):
-        return generate(model, tok, tasks, replace(cfg, seed=seed), pool=pool, group_offset=group_offset)
+        return generate(model, tok, tasks if batch is None else batch.tasks, replace(cfg, seed=seed),
+                        pool=pool, group_offset=group_offset, **extra)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,18 +263,18 @@ def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[s
     other = mask & ~gate
     groups = max(fres.counts.get("filter/groups_in", 0), 1)
     lengths = [t.n_sampled for t in trajs]
-    by_group: dict[int, list[float]] = {}
+    rewards: dict[int, list[float]] = {}
+    verdicts: dict[int, list[bool]] = {}
     for t in trajs:
-        by_group.setdefault(t.group_id, []).append(float(t.reward or 0.0))
-    flat = [filters_mod.is_degenerate(r) for r in by_group.values()]   # singletons count as degenerate
-    all_right = sum(d and np.mean(r) > 0 for d, r in zip(flat, by_group.values()))
-    all_wrong = sum(d and np.mean(r) <= 0 for d, r in zip(flat, by_group.values()))
-    n_groups = max(len(by_group), 1)
+        rewards.setdefault(t.group_id, []).append(float(t.reward or 0.0))
+        verdicts.setdefault(t.group_id, []).append(is_correct(t))
+    n_groups = max(len(rewards), 1)
     return {
-        # every group of the step, whatever the filters do (for GRPO this is what Filter B would drop)
-        "groups/all_correct_rate": all_right / n_groups,
-        "groups/all_wrong_rate": all_wrong / n_groups,
-        "groups/degenerate_rate": (all_right + all_wrong) / n_groups,
+        # every group of the step, whatever the filters do. all-correct / all-wrong are the verifier's
+        # verdicts; "degenerate" is Filter B's reward-std test (under a shaped reward they differ)
+        "groups/all_correct_rate": sum(all(v) for v in verdicts.values()) / n_groups,
+        "groups/all_wrong_rate": sum(not any(v) for v in verdicts.values()) / n_groups,
+        "groups/degenerate_rate": sum(filters_mod.is_degenerate(r) for r in rewards.values()) / n_groups,
         "tool/calls_per_traj": calls / n,
         "tool/used_rate": sum(t.n_tool_calls > 0 for t in trajs) / n,
         "tool/success_rate": valid / calls if calls else float("nan"),
@@ -438,19 +438,44 @@ class TrainState:
     """What changes step to step (and goes into a checkpoint besides weights and optimizer)."""
 
     step: int = 0                    # last completed step
-    cursor: int = 0                  # data position: next index in the prompt stream
+    source: dict = field(default_factory=dict)   # the prompt source's state_dict() (JSON)
+
+    @classmethod
+    def from_saved(cls, d: dict) -> "TrainState":
+        """Read a checkpoint's state; checkpoints made before prompt sources stored a bare cursor."""
+        if "source" not in d:
+            return cls(step=int(d["step"]), source={"cursor": int(d.get("cursor", 0))})
+        return cls(step=int(d["step"]), source=dict(d["source"]))
+
+
+def resolve_hooks(cfg: TrainConfig, tasks: Sequence, tok, prompt_source=None, reward_fn=None,
+                  advantage_fn=None) -> MethodHooks:
+    """Each hook: the one handed in, else the arm's (methods.arms.HOOKS), else the loop's default."""
+    arm = MethodHooks()
+    if prompt_source is None or reward_fn is None or advantage_fn is None:
+        from .methods.arms import method_hooks
+        arm = method_hooks(cfg, tasks, tok)
+    return MethodHooks(
+        prompt_source=prompt_source or arm.prompt_source or SeededStream(tasks, cfg.seed),
+        reward_fn=reward_fn or arm.reward_fn,                 # None: rewards.score with cfg.reward
+        advantage_fn=advantage_fn or arm.advantage_fn or compute_advantages)
 
 
 class Trainer:
     """Holds model, optimizer, task list, sandbox pool and run store; `step()` runs the stages once.
 
     model/tok/tasks may be handed in (a notebook that already loaded them); otherwise they are
-    loaded from the config. `reward_fn(trajs, step) -> (rewards, metrics)` replaces rewards.score
-    (tests use it to give a random tiny model a learnable signal); it must set traj.reward.
+    loaded from the config. The hooks (hooks.py) may be handed in too; each one not given is the
+    arm's (methods.arms.HOOKS[cfg.method]) or the default:
+      prompt_source  hooks.PromptSource; default SeededStream(tasks, cfg.seed)
+      reward_fn(trajs, step) -> (rewards, metrics); must set traj.reward (tests use it to give a
+                     random tiny model a learnable signal); default rewards.score
+      advantage_fn(trajs, filter_result, std) -> (UpdateBatch, adv, metrics); default GRPO
     """
 
     def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike | None = None, *, model=None, tok=None,
-                 tasks: Sequence | None = None, reward_fn: Callable | None = None,
+                 tasks: Sequence | None = None, prompt_source=None, reward_fn: Callable | None = None,
+                 advantage_fn: Callable | None = None,
                  on_step: Callable[[StepLog], None] | None = None, pool=None, write_config: bool = True):
         self.cfg = cfg
         self.store = RunStore(run_dir or cfg.run.out_dir)
@@ -465,9 +490,10 @@ class Trainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters; load it with ModelConfig.lora=True")
         self.optimizer, self.scheduler = make_optimizer(self.params, cfg.optim)
-        self.reward_fn = reward_fn
+        hooks = resolve_hooks(cfg, self.tasks, tok, prompt_source, reward_fn, advantage_fn)
+        self.prompt_source, self.reward_fn, self.advantage_fn = hooks.prompt_source, hooks.reward_fn, hooks.advantage_fn
         self.on_step = on_step
-        self.state = TrainState()
+        self.state = TrainState(source=self.prompt_source.state_dict())
         self.device = self.params[0].device
         self._pool, self._own_pool = pool, pool is None
         self._critical, self._pending_signal = False, None
@@ -501,22 +527,25 @@ class Trainer:
         cfg, s = self.cfg, self.state.step + 1
         timer = StageTimer()
         B = cfg.data.prompts_per_step
-        with timer("sample"):
-            idx, cursor = sample_prompts(len(self.tasks), self.state.cursor, math.ceil(B * cfg.data.oversample), cfg.seed)
-            tasks = [self.tasks[i] for i in idx]
-        with timer("rollout"):
-            trajs, rstats = rollout_stage(self.model, self.tok, tasks, cfg.rollout, self.pool,
-                                          step_seed(cfg.seed, s, 1), merge=cfg.merge_for_rollout)
-        with timer("reward"):
-            if self.reward_fn is not None:
-                _, rmetrics = self.reward_fn(trajs, s)
-            else:
-                _, rmetrics = score(trajs, cfg.reward, step=s)
-        with timer("filter"):
-            fcfg = replace(cfg.filter, target_groups=B, seed=step_seed(cfg.seed, s, 2))
-            fres = filters_mod.apply(trajs, fcfg)
-        with timer("advantage"):
-            batch, adv_all, ametrics = compute_advantages(trajs, fres, cfg.update.adv_std)
+        try:
+            with timer("sample"):
+                pbatch = self.prompt_source.next_batch(s, math.ceil(B * cfg.data.oversample))
+            with timer("rollout"):
+                trajs, rstats = rollout_stage(self.model, self.tok, pbatch.tasks, cfg.rollout, self.pool,
+                                              step_seed(cfg.seed, s, 1), merge=cfg.merge_for_rollout, batch=pbatch)
+            with timer("reward"):
+                rmetrics = self._score(trajs, s)
+                smetrics = self.prompt_source.observe(s, pbatch, trajs) or {}
+            with timer("filter"):
+                fcfg = replace(cfg.filter, target_groups=B, seed=step_seed(cfg.seed, s, 2))
+                fres = filters_mod.apply(trajs, fcfg)
+            with timer("advantage"):
+                batch, adv_all, ametrics = self.advantage_fn(trajs, fres, cfg.update.adv_std)
+        except BaseException:
+            # the step did not happen: the source goes back to the last committed state, so a
+            # retried (or resumed) step draws the same prompts
+            self.prompt_source.load_state_dict(self.state.source)
+            raise
         skip_reason = fres.skip_reason or ("" if batch.trajs else "no advantage row has a loss weight > 0")
         umetrics: dict[str, float] = {}
         try:
@@ -528,18 +557,30 @@ class Trainer:
                                              grad_clip=cfg.optim.grad_clip, temperature=cfg.rollout.temperature,
                                              max_new_tokens=cfg.rollout.max_new_tokens,
                                              before_optimizer_step=self._begin_critical)
-            log = self._commit(s, cursor, trajs, fres, adv_all, skip_reason, metric_parts=(
-                rstats.as_metrics(), rmetrics, fres.counts, ametrics, umetrics), timer=timer)
+            log = self._commit(s, trajs, fres, adv_all, skip_reason, metric_parts=(
+                pbatch.info, smetrics, rstats.as_metrics(), rmetrics, fres.counts, ametrics, umetrics), timer=timer)
+        except BaseException:
+            if self.state.step < s:      # not committed: undo the source's draw (see above)
+                self.prompt_source.load_state_dict(self.state.source)
+            raise
         finally:
             self._critical = False       # an exception mid-step must not leave signals deferred
         if self.on_step is not None:
             self.on_step(log)
         return log
 
+    def _score(self, trajs: list[Trajectory], s: int) -> dict[str, float]:
+        """The reward hook, then the verifier's verdict on every trajectory it left unchecked."""
+        if self.reward_fn is None:
+            return score(trajs, self.cfg.reward, step=s)[1]
+        _, metrics = self.reward_fn(trajs, s)
+        mark_correct(trajs, self.cfg.reward)
+        return {"reward/accuracy": float(np.mean([bool(t.correct) for t in trajs])) if trajs else 0.0, **metrics}
+
     def _begin_critical(self) -> None:
         self._critical = True
 
-    def _commit(self, s, cursor, trajs, fres, adv_all, skip_reason, metric_parts, timer) -> StepLog:
+    def _commit(self, s, trajs, fres, adv_all, skip_reason, metric_parts, timer) -> StepLog:
         """Advance the schedule and the state, write the step and maybe a checkpoint, uninterruptibly."""
         cfg = self.cfg
         with self._critical_section():   # commit: nothing below may be cut in half by a signal
@@ -547,9 +588,8 @@ class Trainer:
             with warnings.catch_warnings():   # a skipped step advances the schedule without an optimizer step
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 self.scheduler.step()
-            self.state = TrainState(step=s, cursor=cursor)
-            metrics = {"step": s, "skipped": int(bool(skip_reason)), "lr": lr,
-                       "data/cursor": cursor, "data/epoch": cursor / len(self.tasks)}
+            self.state = TrainState(step=s, source=self.prompt_source.state_dict())
+            metrics = {"step": s, "skipped": int(bool(skip_reason)), "lr": lr}
             for part in metric_parts:
                 metrics.update(part)
             metrics.update({**telemetry(trajs, fres), **timer.metrics(), **memory_metrics(self.device)})
@@ -658,7 +698,8 @@ class Trainer:
             cfg = replace(cfg, run=replace(cfg.run, steps=steps))
         tr = cls(cfg, run_dir, write_config=False, **kw)
         ckpt.load_into(path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
-        tr.state = TrainState(**saved["state"])
+        tr.state = TrainState.from_saved(saved["state"])
+        tr.prompt_source.load_state_dict(tr.state.source)
         ckpt.set_rng_state(ckpt.read_rng(path))
         tr._rng_snapshot = ckpt.rng_state()
         tr.store.truncate_after(tr.state.step)

@@ -8,8 +8,10 @@ from collections import defaultdict
 import pytest
 import torch
 
+from tao_lab.methods.arpo import arpo_branch_probability
+
 from tao_lab.advantages import (
-    ShapingConfig, additive_bonus, arpo_branch_probability, avg_at_k, entropy_zscore, group_advantages,
+    ShapingConfig, additive_bonus, avg_at_k, entropy_zscore, group_advantages,
     pass_at_k, pass_at_k_mean, reshape_multiplicative, shape_advantages, token_entropy, token_logprobs,
     token_logprobs_and_entropy,
 )

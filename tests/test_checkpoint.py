@@ -96,7 +96,7 @@ def test_sigterm_between_steps_checkpoints_the_last_completed_step(tmp_path):
     assert ckpt.complete_steps(tmp_path) == [1]
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL   # the handler is restored
     state = ckpt.read_state(ckpt.latest_path(tmp_path))
-    assert state["state"] == {"step": 1, "cursor": 2}
+    assert state["state"] == {"step": 1, "source": {"cursor": 2}}
 
 
 def test_sigterm_right_after_an_optimizer_step_lets_the_step_finish_before_checkpointing(tmp_path):

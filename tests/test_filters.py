@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from tao_lab import filters
-from tao_lab.filters import FilterConfig, apply, dynamic_sampling, need_more
+from tao_lab.filters import FilterConfig, apply
+from tao_lab.methods.dapo import dynamic_sampling, need_more
 from tao_lab.records import RunStore, ToolCall, Trajectory
 
 

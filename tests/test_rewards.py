@@ -10,9 +10,10 @@ import pytest
 
 from tao_lab import rewards
 from tao_lab.records import ToolCall, Trajectory
-from tao_lab.rewards import (RewardConfig, RewardStats, VerifierProcess, annealed_sigma, calibration,
-                             et_agent_rewards, extract_answer, extract_boxed, find_answer, group_zscore,
-                             has_self_example, parse_number, score, verify)
+from tao_lab.methods.et_agent import annealed_sigma, calibration, et_agent_rewards, group_zscore
+from tao_lab.methods.toolexpander import has_self_example
+from tao_lab.rewards import (RewardConfig, RewardStats, VerifierProcess, extract_answer, extract_boxed,
+                             find_answer, parse_number, score, verify)
 
 
 def traj(text, answer="42", group=0, calls=(), n_tokens=0):

@@ -1,0 +1,57 @@
+"""DAPO's dynamic sampling [paper][code: verl's DAPO recipe].
+
+What it changes, at which stage: the *filter* stage. Where TAO-RL refills a batch with duplicates of
+surviving groups, DAPO keeps rolling out fresh prompts until B groups with a non-zero reward spread
+survive (or `max_rounds` rounds have run: the recipe's `max_num_gen_batches`, default 10 [code]),
+then trims the pool to B groups. Selected with FilterConfig.refill="dynamic"; the Trainer hands
+`dynamic_sampling` a sampler that rolls out, scores and observes a new round of prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from ..filters import FilterConfig, FilterResult, apply
+from ..records import Trajectory
+
+def need_more(result: FilterResult, target_groups: int) -> int:
+    """How many more informative groups a dynamic-sampling loop still has to collect (0 = enough)."""
+    return max(0, target_groups - result.n_groups_survived)
+
+
+def dynamic_sampling(sample: Callable[[int], list[Trajectory]], cfg: FilterConfig,
+                     max_rounds: int = 8) -> tuple[list[Trajectory], FilterResult]:
+    """DAPO's alternative to refill: keep sampling until `cfg.target_groups` groups survive.
+
+    `sample(k)` must roll out and score k new prompts (it may oversample) and return their
+    trajectories with group ids not used before. The pool is re-filtered after each round (the
+    rules are per group, so earlier decisions do not change); after the last round the pool is
+    trimmed to B groups with `refill="subsample"` (never duplicated). If `max_rounds` runs out first,
+    the result has fewer groups and `counts["dynamic/short_by"]` says how many are missing.
+    Returns the whole pool (index into it with the result) and the final FilterResult.
+    """
+    if cfg.target_groups is None:
+        raise ValueError("dynamic_sampling needs FilterConfig.target_groups (the B groups to collect)")
+    if max_rounds < 1:
+        raise ValueError(f"max_rounds={max_rounds} must be >= 1")
+    pool: list[Trajectory] = []
+    seen: set[int] = set()
+    collect = replace(cfg, target_groups=None, refill="none")
+    need, rounds, sampled = cfg.target_groups, 0, 0
+    while need > 0 and rounds < max_rounds:
+        new = sample(need)
+        ids = {t.group_id for t in new}
+        if ids & seen:
+            raise ValueError(f"sample() returned group ids already used in an earlier round: {sorted(ids & seen)}; "
+                             "give every round's prompts fresh group ids")
+        seen |= ids
+        pool += new
+        rounds, sampled = rounds + 1, sampled + len(ids)
+        if not new:
+            break  # the sampler has nothing more to give (e.g. the task set is exhausted)
+        need = need_more(apply(pool, collect), cfg.target_groups)
+    final = apply(pool, replace(cfg, refill="subsample"))
+    final.counts.update({"dynamic/rounds": rounds, "dynamic/sampled_groups": sampled,
+                         "dynamic/short_by": need_more(final, cfg.target_groups)})
+    return pool, final
