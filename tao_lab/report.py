@@ -63,7 +63,8 @@ def funnel_steps_chart(df: pd.DataFrame) -> alt.Chart:
         raise ValueError("no filter rule dropped or re-weighted anything in this run, or no rule ran")
     return alt.Chart(df, title="Filter decisions per step (trajectories, or groups for group rules)").mark_bar().encode(
         x=alt.X("step:O", title="step"), y=alt.Y("n:Q", title="count"),
-        color=alt.Color("reason:N", title="reason"), tooltip=["step:O", "rule:N", "reason:N", "n:Q"],
+        color=alt.Color("reason:N", title="reason", scale=plots.reason_scale(df["reason"])),
+        tooltip=["step:O", "rule:N", "reason:N", "n:Q"],
     ).properties(width=220, height=130).facet(facet=alt.Facet("rule:N", title=None), columns=4)
 
 
