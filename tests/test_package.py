@@ -46,9 +46,13 @@ def test_the_wheel_installs_outside_the_checkout_and_finds_its_task_data(tmp_pat
                           check=True, capture_output=True, text=True).stdout.strip()
     deps = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_dir())
     Path(site, "deps.pth").write_text(deps + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(venv), str(wheel)],
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--prefix", str(venv), str(wheel)],
                    check=True)
     out = subprocess.run([str(py), "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     line = out.stdout.strip().splitlines()[-1]
     assert line.startswith("OK 2 ") and str(venv) in line, line
+    # installing into the new prefix must leave this environment's (editable) tao_lab alone
+    here = subprocess.run([sys.executable, "-c", "import tao_lab; print(tao_lab.__file__)"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert here.returncode == 0 and str(ROOT) in here.stdout, here.stderr[-500:]
