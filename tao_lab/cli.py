@@ -353,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     threads.apply()  # once, before any model is built (TAO_LAB_THREADS overrides)
     from .checkpoint import CheckpointError
     from .rundir import RunDirError
+    from .runstore_repair import RunStoreError
     from .tasks import TaskError
 
     try:
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (TaskError, RunDirError, CheckpointError, FileNotFoundError) as e:
+    except (TaskError, RunDirError, RunStoreError, CheckpointError, FileNotFoundError) as e:
         return _error(e)   # bad input or a damaged run: one line naming it, no traceback
 
 

@@ -300,7 +300,16 @@ class RunStore:
         return sorted(int(p.stem.split("_")[1]) for p in (self.path / "steps").glob("step_*.parquet"))
 
     def read_step_frame(self, step: int) -> pd.DataFrame:
-        return pd.read_parquet(self.step_path(step))
+        """One step's trajectories; a damaged file raises RunStoreError naming it (not a raw arrow error)."""
+        from .runstore_repair import RunStoreError, step_file_problem
+        try:
+            return pd.read_parquet(self.step_path(step))
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            why = step_file_problem(self.step_path(step)) or f"{type(e).__name__}: {e}"
+            raise RunStoreError(f"{self.step_path(step)}: {why}; RunStore({str(self.path)!r}).repair() marks "
+                                f"the step lost (`tao-lab resume` does it too)") from e
 
     def read_step(self, step: int) -> list[Trajectory]:
         return [trajectory_from_row(r) for r in self.read_step_frame(step).to_dict("records")]

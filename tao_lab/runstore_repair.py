@@ -29,6 +29,10 @@ from typing import Any
 LOST_FILE = "lost_steps.json"
 
 
+class RunStoreError(ValueError):
+    """A run store file cannot be read; the message names it and the repair."""
+
+
 class RunStoreWarning(UserWarning):
     """Something in a run store was damaged and skipped while reading (the message says what)."""
 
