@@ -19,6 +19,7 @@ Run store layout (one folder per run):
     run_dir/config.json            the config the run was made with (+ seeds, versions, git rev)
     run_dir/metrics.jsonl          one JSON object per step
     run_dir/steps/step_000001.parquet   trajectories of that step, per-token data as list columns
+    run_dir/lost_steps.json        steps whose file a crash damaged (runstore_repair.py: problems / repair)
 """
 
 from __future__ import annotations

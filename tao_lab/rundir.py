@@ -18,6 +18,7 @@ through `prepare_resume`; everything that starts one goes through `check_fresh`.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,8 +72,7 @@ def _set_damaged_aside(run_dir: Path, notes: list[str]) -> Path | None:
         p = run_dir / "checkpoints" / f"step_{s:06d}"
         if path is None or s > int(path.name.split("_")[1]):
             aside = p.with_name(f".damaged-{p.name}")
-            if aside.exists():
-                import shutil
+            if aside.exists():     # set aside by an earlier resume: the newer damage replaces it
                 shutil.rmtree(aside)
             os.replace(p, aside)
     for problem in problems:

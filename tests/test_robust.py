@@ -230,3 +230,34 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0_and_train_
 def test_resume_of_a_folder_without_a_run_names_the_command_that_works(tmp_path, capsys):
     assert main(["resume", str(tmp_path / "empty")]) == 2
     assert f"`tao-lab train --out {tmp_path / 'empty'}`" in capsys.readouterr().err
+
+
+def test_steps_logged_twice_are_reported_and_repair_keeps_the_last_line_of_each(tmp_path):
+    # what a `train` into a folder killed before its first checkpoint used to leave
+    lines = [{"step": s, "reward/mean": i} for i, s in enumerate([1, 2, 1, 2, 3, 4])]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    store = RunStore(tmp_path)
+    assert store.problems() == [f"{tmp_path / 'metrics.jsonl'}: step 1 logged 2 times",
+                                f"{tmp_path / 'metrics.jsonl'}: step 2 logged 2 times"]
+    assert any("steps [1, 2] were logged more than once" in n for n in store.repair())
+    m = store.metrics()
+    assert m["step"].tolist() == [1, 2, 3, 4] and m["reward/mean"].tolist() == [2, 3, 4, 5]
+    assert store.problems() == []
+
+
+def test_saving_a_step_whose_checkpoint_is_damaged_writes_it_again(tmp_path):
+    import torch
+
+    class Adapter:      # stands in for a peft model: save() only calls save_pretrained
+        def save_pretrained(self, path):
+            path.mkdir()
+            (path / "adapter_model.safetensors").write_bytes(b"w" * 64)
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    kw = dict(model=Adapter(), optimizer=opt, scheduler=sched, rng=ckpt.rng_state(), state={}, config={})
+    path = ckpt.save(tmp_path, 1, **kw)
+    assert json.loads((path / ckpt.MANIFEST).read_text())["optimizer.pt"]["size"] > 0
+    _truncate(path / "optimizer.pt")
+    assert "optimizer.pt" in ckpt.verify(path)
+    assert ckpt.verify(ckpt.save(tmp_path, 1, **kw)) is None      # not taken for "already saved"
