@@ -150,8 +150,9 @@ def _repair_metrics(path: Path, step: int | None) -> list[str]:
             continue
         try:
             row = json.loads(raw.decode("utf-8"))
-            assert isinstance(row, dict)
-        except (ValueError, AssertionError):
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
             notes.append(f"{path}:{i}: dropped a line that is not a JSON object"
                          + (" (partial last line, cut off by a crash)" if i == len(lines) else ""))
             continue
