@@ -67,16 +67,15 @@ class ResumePlan:
 
 def _set_damaged_aside(run_dir: Path, notes: list[str]) -> Path | None:
     """The newest intact checkpoint; each damaged newer one renamed to .damaged-step_N (kept, never read)."""
-    path, problems = ckpt.newest_intact(run_dir)
-    for s in ckpt.complete_steps(run_dir):
+    path, problems = ckpt.newest_intact(run_dir)      # problems: one per damaged step, newest first
+    damaged = [s for s in ckpt.complete_steps(run_dir) if path is None or s > int(path.name.split("_")[1])]
+    for s, problem in zip(reversed(damaged), problems):
         p = run_dir / "checkpoints" / f"step_{s:06d}"
-        if path is None or s > int(path.name.split("_")[1]):
-            aside = p.with_name(f".damaged-{p.name}")
-            if aside.exists():     # set aside by an earlier resume: the newer damage replaces it
-                shutil.rmtree(aside)
-            os.replace(p, aside)
-    for problem in problems:
-        notes.append(f"{problem}; moved aside to checkpoints/.damaged-*")
+        aside = p.with_name(f".damaged-{p.name}")
+        if aside.exists():     # set aside by an earlier resume: the newer damage replaces it
+            shutil.rmtree(aside)
+        os.replace(p, aside)
+        notes.append(f"{problem}; moved aside to {aside}")
     return path
 
 
