@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +286,13 @@ def test_trainer_runs_method_e3tir_on_test_tiny(tmp_path):
     assert m["e3tir/prefix_rows"] == 6 and m["e3tir/expert_tokens"] > 0 and m["skipped"] == 0
     trajs = RunStore(out).read_step(1)
     assert sum(t.prefix_len > 0 for t in trajs) == 6
+
+
+def test_the_e3tir_grid_spec_builds_a_config_for_every_arm(tmp_path):
+    from tao_lab.grid import load_spec, make_cell_config
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / "e3tir_vs_grpo.toml")
+    cfgs = {a.name: make_cell_config(spec, a, 0, tmp_path / a.name) for a in spec.arms}
+    assert cfgs["grpo"].method == "grpo" and cfgs["e3tir"].method == "e3tir"
+    assert cfgs["e3tir_lam1"].e3tir.lam == 1.0 and cfgs["e3tir_nodetach"].e3tir.detach == "none"
+    assert cfgs["e3tir"].e3tir.expert_tasks == 20 and cfgs["e3tir"].filter.rules == ()
