@@ -149,23 +149,29 @@ alt.Chart(bars).mark_bar(height=14).encode(
 # disagree in sign the token gets **loss weight 0** (detach) [paper] — otherwise the same tokens
 # would be pushed up by one branch and down by the other. Switch: `mean` (the sharers' mean
 # advantage) or `none`. With λ = 1 and `none` this is plain GRPO.
+#
+# The third kind of experience, *expert-guided* [paper]: while a prompt still gets anchors, the whole
+# expert trajectory joins its group as one off-policy row (reward 1, its own tree; row "expert"
+# below). Its behaviour log-prob is 1, so the clipped ratio is π(token) and its gradient A·∇π fades
+# where the policy finds the expert unlikely [recon].
 
 # %%
 fres = filters.apply(trajs, filters.FilterConfig(rules=(), refill="none"))
-ub, adv, metrics = E3TIRAdvantage(e3)(trajs, fres)
+ub, adv, metrics = E3TIRAdvantage(e3, source)(trajs, fres)
 grpo_ub, _, _ = E3TIRAdvantage(E3TIRConfig(lam=1.0, detach="none"))(trajs, fres)
 assert torch.equal(grpo_ub.adv, compute_advantages(trajs, fres)[0].adv)      # λ = 1 is GRPO
 print({k: round(v, 3) for k, v in metrics.items() if k.startswith("e3tir/")})
+assert metrics["e3tir/expert_rows"] == 1 and ub.trajs[-1].reward == 1.0
 
 
 def token_frame(lam: float, rule: str) -> pd.DataFrame:
-    fn = E3TIRAdvantage(E3TIRConfig(lam=lam, detach=rule))
+    fn = E3TIRAdvantage(E3TIRConfig(lam=lam, detach=rule), source)
     fn(trajs, fres)
     last, parts = fn.last, []
     for i, t in enumerate(last["rows"]):
         pieces = token_pieces(t, tok)
         parts.append(pd.DataFrame({
-            "row": t.sample_idx, "pos": range(len(t.token_ids)), "token": pieces,
+            "row": "expert" if t.sample_idx < 0 else str(t.sample_idx), "pos": range(len(t.token_ids)), "token": pieces,
             "advantage": last["token_adv"][i].numpy(), "weight": last["token_weight"][i].numpy(),
             "kind": ["forced" if not m else "detached" if w == 0 else "trained"
                      for m, w in zip(t.mask, last["token_weight"][i].tolist())]}))

@@ -241,7 +241,8 @@ def test_expert_share_and_the_source_plan_shrink_as_the_pass_rate_rises(pool, sm
             t.task_id, t.correct = task[0].id, k < solved or t.prefix_len > 0   # anchored rows never count
         src.observe(len(plans), b, rows)
     assert [p["share"] for p in plans] == [1.0, 1.0, pytest.approx(0.5)]
-    assert [p["prefix_rows"] for p in plans] == [4, 4, 2] and plans[2]["anchor_tokens"][0] < plans[0]["anchor_tokens"][1]
+    assert [p["prefix_rows"] for p in plans] == [4, 4, 2]
+    assert plans[2]["anchor_tokens"][0] < plans[0]["anchor_tokens"][1]          # fewer and shorter
     b = src.next_batch(4, 1)
     assert src.schedule[-1]["prefix_rows"] == 0 and b.prefixes == [[None] * 6] and b.info["e3tir/plain_rl_prompts"] == 1
 
@@ -284,6 +285,7 @@ def test_trainer_runs_method_e3tir_on_test_tiny(tmp_path):
                  "--quiet-bar", "--set", "rollout.group_size=4", "rollout.max_new_tokens=56"]) == 0
     m = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert m["e3tir/prefix_rows"] == 6 and m["e3tir/expert_tokens"] > 0 and m["skipped"] == 0
+    assert m["e3tir/expert_rows"] == 2 and m["update/rows"] == 10          # 2 x G = 4 rollout rows + 2 expert rows
     trajs = RunStore(out).read_step(1)
     assert sum(t.prefix_len > 0 for t in trajs) == 6
 
@@ -296,3 +298,28 @@ def test_the_e3tir_grid_spec_builds_a_config_for_every_arm(tmp_path):
     assert cfgs["grpo"].method == "grpo" and cfgs["e3tir"].method == "e3tir"
     assert cfgs["e3tir_lam1"].e3tir.lam == 1.0 and cfgs["e3tir_nodetach"].e3tir.detach == "none"
     assert cfgs["e3tir"].e3tir.expert_tasks == 20 and cfgs["e3tir"].filter.rules == ()
+
+
+def test_the_offpolicy_expert_row_joins_its_group_and_lambda_one_is_grpo_over_the_union(pool, smol_tokenizer):
+    tasks = load_tasks("arith-L2", split="train", limit=2)
+    src = E3TIRSource(tasks, smol_tokenizer, E3TIRConfig(), seed=0, group_size=4, pool=pool)
+    src.load_state_dict({"cursor": 0, "pass_rate": {tasks[1].id: 0.9}})      # tasks[1]: plain RL now
+    b = src.next_batch(1, 2)
+    assert set(src.guided) == {t.id for t in b.tasks if t.id != tasks[1].id}
+    trajs = [row(g, k, float(k % 2), [7, 8, 9], prefix_len=1 if k < 2 else 0) for g in range(2) for k in range(4)]
+    for t in trajs:
+        t.task_id = b.tasks[t.group_id].id
+    fres = filters.apply(trajs, filters.FilterConfig(rules=(), refill="none"))
+    batch, adv, metrics = E3TIRAdvantage(E3TIRConfig(lam=1.0, detach="none"), src)(trajs, fres)
+    assert metrics["e3tir/expert_rows"] == 1 and len(batch.trajs) == 9
+    e = batch.trajs[-1]
+    g = b.tasks.index(next(t for t in b.tasks if t.id in src.guided))
+    assert e.group_id == g and e.prompt_ids == trajs[4 * g].prompt_ids and e.reward == 1.0
+    assert smol_tokenizer.decode([x for x, m in zip(e.token_ids, e.mask) if not m]) == \
+        f"\nCode execution result: {b.tasks[g].answer}\n"                       # the observation: mask 0
+    assert smol_tokenizer.decode([x for x, m in zip(e.token_ids, e.mask) if m]).startswith("I'll compute")
+    assert all(lp == 0.0 for lp in e.logprobs)                                   # behaviour prob 1
+    union = trajs + [e]
+    grpo, _, _ = U.compute_advantages(union, filters.apply(union, filters.FilterConfig(rules=(), refill="none")))
+    key = lambda ub: {(t.group_id, t.sample_idx): float(a) for t, a in zip(ub.trajs, ub.adv)}   # noqa: E731
+    assert key(batch) == key(grpo) and len(key(grpo)) == 9

@@ -20,8 +20,14 @@ What it changes, at which stage of tao_lab's loop (trainer.Trainer):
                  "mean" and "none" give the same gradient (the d sharers' Σ A_i ∇logπ(token) =
                  d·mean·∇logπ); only "detach" changes it.
 
-Not built: the off-policy expert row (the full expert trajectory as an importance-weighted or SFT
-term, the paper's "expert-guided" experience). Anchor rows are the only expert experience here.
+  guided         [paper: "expert-guided" experience; its form is recon] while x still gets anchors,
+                 the full expert trajectory joins x's group as one off-policy row (reward 1: it was
+                 verified), mask 1 on the expert's own text, 0 on observations. Its behaviour
+                 log-prob is recorded as 0 (the expert wrote it with probability 1), so the clipped
+                 surrogate's ratio is π(token) ≤ 1 and the row's gradient is A·∇π: an importance-
+                 weighted term that fades where the policy finds the expert unlikely. (This row makes
+                 update/logp_rollout_diff_* large: they compare against that recorded 0.) Not built:
+                 the SFT-style alternative (ratio fixed at 1). Switch `guided`: "offpolicy" | "none".
 
 Data cost [paper's claim: < 10% of SFT-then-RL's synthetic data]: every step logs the tokens of the
 distinct expert trajectories used so far (`e3tir/expert_tokens`), and `expert_tasks` caps how many
@@ -46,7 +52,7 @@ from torch import Tensor
 
 from ..advantages import group_advantages
 from ..hooks import MethodHooks, PromptBatch, seeded_order
-from ..records import is_correct
+from ..records import Trajectory, is_correct
 from ..update import UpdateBatch
 from .e3tir_experts import Expert, anchor_cuts, build_experts, expert_from_demo
 
@@ -61,6 +67,7 @@ class E3TIRConfig:
     continuations: int = 2           # B: continuations sampled from each anchor [paper]
     self_rows: int = 1               # G0: from-scratch rows always kept (they measure the pass rate) [recon]
     cuts: str = "calls+prose"        # anchor cuts: "calls" (after each tool call) | "calls+prose" [recon]
+    guided: str = "offpolicy"        # the full expert as an off-policy row of the group [paper] | "none"
     lam: float = 0.5                 # λ: weight of the global advantage against the tree advantage [paper]
     detach: str = "detach"           # shared disagreeing prefixes: "detach" [paper] | "mean" | "none"
     boundary: str = "pass_rate"      # "pass_rate": share = clip(1 - p/stop, 0, 1) [recon] | "fixed": share 1
@@ -76,6 +83,7 @@ class E3TIRConfig:
         checks.number(self, "continuations", lo=1, integer=True)
         checks.number(self, "self_rows", lo=1, integer=True)
         checks.choice(self, "cuts", ("calls", "calls+prose"))
+        checks.choice(self, "guided", ("offpolicy", "none"))
         checks.number(self, "lam", lo=0, hi=1)
         checks.choice(self, "detach", DETACH_RULES)
         checks.choice(self, "boundary", ("pass_rate", "fixed"))
@@ -116,7 +124,8 @@ class E3TIRSource:
             raise ValueError(f"e3tir.self_rows={cfg.self_rows} leaves no anchor row in a group of "
                              f"rollout.group_size={group_size}; lower it or raise the group size")
         self.tasks, self.tok, self.cfg, self.seed, self.G = list(tasks), tok, cfg, int(seed), group_size
-        self.protocol, self.obs_max_chars, self.max_new_tokens, self.pool = protocol, obs_max_chars, max_new_tokens, pool
+        self.protocol, self.obs_max_chars, self.max_new_tokens = protocol, obs_max_chars, max_new_tokens
+        self.pool = pool                                             # a SandboxPool, or None: run_code
         self.demos = {d.prompt: e for d in demos if d.protocol == protocol and (e := expert_from_demo(d))}
         order = np.random.default_rng([self.seed, 3]).permutation(len(self.tasks))
         n = cfg.expert_tasks or len(self.tasks)
@@ -125,6 +134,7 @@ class E3TIRSource:
         self.build_counts = {"made": 0, "no_solution": 0, "wrong_output": 0}
         self.cursor, self.pass_rate, self.used = 0, {}, {}           # used: expert id -> its tokens
         self.schedule: list[dict[str, Any]] = []                     # per step and prompt (notebook 06)
+        self.guided: dict[str, Expert] = {}                          # this step's prompts with anchors
 
     # -- experts, built the first time a task is drawn
     def expert(self, task) -> Expert | None:
@@ -138,7 +148,8 @@ class E3TIRSource:
         for k, v in counts.items():
             self.build_counts[k] += v
         for t in tasks:
-            self.experts.setdefault(t.id, None if t.id not in self.allowed else self.demos.get(t.prompt) or made.get(t.id))
+            allowed = t.id in self.allowed
+            self.experts.setdefault(t.id, (self.demos.get(t.prompt) or made.get(t.id)) if allowed else None)
 
     def plan(self, task) -> tuple[list, dict[str, Any]]:
         """G entries (branches.Prefix for anchor rows, None for self-exploration rows) and the plan's facts."""
@@ -159,8 +170,11 @@ class E3TIRSource:
         tasks = [self.tasks[i] for i in idx]
         self._build(tasks)                                           # one sandbox batch for the step
         prefixes, facts = zip(*(self.plan(t) for t in tasks))
+        self.guided = {}
         for t, f in zip(tasks, facts):
             e = self.experts[t.id]
+            if f["expert"] is not None:
+                self.guided[t.id] = e
             if f["expert"] is not None and e.task_id not in self.used:
                 self.used[e.task_id] = len(self.tok.encode(e.text, add_special_tokens=False))
             self.schedule.append({"step": step, **f})
@@ -174,6 +188,20 @@ class E3TIRSource:
                 "e3tir/share": float(np.mean([f["share"] for f in facts])),
                 "e3tir/plain_rl_prompts": float(sum(f["prefix_rows"] == 0 for f in facts))}
         return PromptBatch(tasks, prefixes=[list(p) for p in prefixes], info=info)
+
+    def expert_row(self, like: Trajectory) -> Trajectory | None:
+        """The off-policy expert row for the group of rollout row `like` (None when its prompt got
+        no anchors this step): the expert text as sft.text_to_trajectory tokenises it, on `like`'s
+        prompt ids, reward 1, behaviour log-prob 0."""
+        from ..sft import text_to_trajectory
+
+        e = self.guided.get(like.task_id)
+        if e is None:
+            return None
+        row = text_to_trajectory(like.prompt_text, e.text, self.tok, protocol=self.protocol,
+                                 task_id=like.task_id, answer=e.answer)
+        return replace(row, group_id=like.group_id, prompt_ids=list(like.prompt_ids), reward=1.0, correct=True,
+                       sample_idx=-1)
 
     def observe(self, step: int, batch: PromptBatch, trajs: list) -> dict[str, float]:
         """EMA of each prompt's self-exploration pass rate (rows with no prefix and no parent,
@@ -272,41 +300,57 @@ def shared_prefix_rule(node_ids: Tensor, row_of_token: Tensor, row_adv: Tensor,
 
 class E3TIRAdvantage:
     """hooks.AdvantageFn: mixed advantages per row, the shared-prefix rule per token (UpdateBatch.
-    token_adv for "mean", token_weight for "detach"). `last` keeps the tensors for notebook 06."""
+    token_adv for "mean", token_weight for "detach"), plus one off-policy expert row per guided
+    group when given the source (cfg.guided = "offpolicy"). `last` keeps the tensors for notebook 06."""
 
-    def __init__(self, cfg: E3TIRConfig):
-        self.cfg = cfg
+    def __init__(self, cfg: E3TIRConfig, source: E3TIRSource | None = None):
+        self.cfg, self.source = cfg, source
         self.last: dict[str, Any] = {}
+
+    def _with_expert_rows(self, rows: list, fres) -> tuple[list, list[int], list[float], list[float], list[float]]:
+        """rows + one expert row per guided group (their rewards 1, weights 1, adv scale 1, own trees)."""
+        rewards = list(fres.row_rewards) if fres.row_rewards else [float(t.reward) for t in rows]
+        gids, weights, scale = list(fres.group_ids), list(fres.weights), list(fres.adv_scale or [1.0] * len(rows))
+        if self.source is None or self.cfg.guided == "none":
+            return rows, gids, rewards, weights, scale
+        first = {}
+        for t, g in zip(rows, gids):
+            first.setdefault(g, t)
+        extra = [(g, e) for g, t in first.items() if (e := self.source.expert_row(t))]   # t.group_id == g
+        return (rows + [e for _, e in extra], gids + [g for g, _ in extra], rewards + [1.0] * len(extra),
+                weights + [1.0] * len(extra), scale + [1.0] * len(extra))
 
     def __call__(self, trajs, fres, std: str = "unbiased"):
         rows = fres.select(trajs)
         if not rows:
             return UpdateBatch([], torch.zeros(0), [], 0), torch.zeros(0), {}
-        rewards = torch.tensor(fres.row_rewards if fres.row_rewards else [float(t.reward) for t in rows])
-        trees = tree_keys(rows, fres.group_ids)
-        adv, a_global, a_tree = mixed_advantage(rewards, torch.tensor(fres.group_ids), trees, self.cfg.lam, std)
+        n_roll = len(rows)
+        rows, gids, rewards, weights, scale = self._with_expert_rows(rows, fres)
+        rewards, groups = torch.tensor(rewards), torch.tensor(gids)
+        trees = tree_keys(rows[:n_roll], gids[:n_roll])
+        trees = torch.cat([trees, torch.arange(len(rows) - n_roll) + len(trees)])   # an expert row: its own tree
+        adv, a_global, a_tree = mixed_advantage(rewards, groups, trees, self.cfg.lam, std)
         if fres.adv_scale:
-            adv = adv * torch.tensor(fres.adv_scale, dtype=adv.dtype)
+            adv = adv * torch.tensor(scale, dtype=adv.dtype)
         nodes = trie_nodes([t.token_ids for t in rows], [t.prefix_len for t in rows], trees.tolist())
         owner = torch.cat([torch.full((len(x),), i, dtype=torch.long) for i, x in enumerate(nodes)])
         tok_adv, tok_w = shared_prefix_rule(torch.cat(nodes), owner, adv, self.cfg.detach)
         sizes = [len(x) for x in nodes]
         tok_adv, tok_w = list(tok_adv.split(sizes)), list(tok_w.split(sizes))
-        keep = [i for i, w in enumerate(fres.weights) if w > 0]
-        batch = UpdateBatch([rows[i] for i in keep], adv[keep], [fres.weights[i] for i in keep], len(rows) - len(keep),
+        keep = [i for i, w in enumerate(weights) if w > 0]
+        batch = UpdateBatch([rows[i] for i in keep], adv[keep], [weights[i] for i in keep], len(rows) - len(keep),
                             token_adv=[tok_adv[i] for i in keep] if self.cfg.detach == "mean" else None,
                             token_weight=[tok_w[i] for i in keep] if self.cfg.detach == "detach" else None)
-        sampled = torch.cat([torch.tensor(t.mask, dtype=torch.bool) for t in rows])
-        shared = torch.cat(nodes)
+        sampled, shared = torch.cat([torch.tensor(t.mask, dtype=torch.bool) for t in rows]), torch.cat(nodes)
         counts = torch.bincount(shared.clamp(min=0), minlength=1)[shared.clamp(min=0)]
-        detached = (torch.cat(tok_w) == 0) & sampled
-        _, gmetrics = group_advantages(rewards, torch.tensor(fres.group_ids), std=std)
-        metrics = {**gmetrics, "e3tir/detached_tokens": float(detached.sum()),
+        _, gmetrics = group_advantages(rewards, groups, std=std)
+        metrics = {**gmetrics, "e3tir/expert_rows": float(len(rows) - n_roll),
+                   "e3tir/detached_tokens": float(((torch.cat(tok_w) == 0) & sampled).sum()),
                    "e3tir/shared_tokens": float(((shared >= 0) & (counts > 1) & sampled).sum()),
-                   "e3tir/anchors": float(len(set(trees.tolist()))),
+                   "e3tir/anchors": float(len(set(trees[:n_roll].tolist()))),
                    "e3tir/adv_tree_abs": float(a_tree.abs().mean())}
         self.last = {"rows": rows, "adv": adv, "a_global": a_global, "a_tree": a_tree, "tree_ids": trees,
-                     "nodes": nodes, "token_adv": tok_adv, "token_weight": tok_w}
+                     "nodes": nodes, "token_adv": tok_adv, "token_weight": tok_w, "n_rollout_rows": n_roll}
         return batch, adv, metrics
 
 
@@ -332,10 +376,10 @@ def e3tir_arm(cfg):
 
 def build_hooks(cfg, tasks, tok) -> MethodHooks:
     """methods.arms.HOOKS["e3tir"]: the anchor source (bundled demos as extra experts) and the
-    mixed advantage."""
+    mixed advantage (which asks the source for this step's off-policy expert rows)."""
     from ..tasks import load_demos
 
     r = cfg.rollout
     source = E3TIRSource(tasks, tok, cfg.e3tir, seed=cfg.seed, group_size=r.group_size, protocol=r.protocol,
                          obs_max_chars=r.obs_max_chars, max_new_tokens=r.max_new_tokens, demos=load_demos())
-    return MethodHooks(prompt_source=source, advantage_fn=E3TIRAdvantage(cfg.e3tir))
+    return MethodHooks(prompt_source=source, advantage_fn=E3TIRAdvantage(cfg.e3tir, source))
