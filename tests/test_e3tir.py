@@ -68,6 +68,9 @@ def test_build_experts_runs_the_code_in_the_sandbox_and_keeps_only_verified_ones
     for t in one_per_kind:
         e = experts[t.id]
         assert f"Code execution result: {t.answer}\n" in e.text and e.text.endswith(f"\\boxed{{{t.answer}}}.")
+    tags, _ = build_experts(one_per_kind[:1], protocol="tags", pool=pool)
+    e = tags[one_per_kind[0].id]
+    assert f"</python>\n<result>\n{one_per_kind[0].answer}\n</result>\n<answer>\\boxed{{" in e.text
     # the same text the bundled demonstrations show, in both protocols
     for d in load_demos():
         if d.meta["family"] == "arith":
@@ -88,6 +91,9 @@ def test_demos_are_experts_and_anchor_cuts_are_shortest_first_mask_zero_prefixes
     assert cuts[2].n_turns == 3 and all(c.in_prefix for c in cuts[2].tool_calls)
     assert len(anchor_cuts(smol_tokenizer, two_calls, cuts="calls")) == 2
     assert anchor_cuts(smol_tokenizer, two_calls, max_tokens=len(cuts[1].token_ids) + 8) == cuts[:2]
+    tags = next(expert_from_demo(d) for d in load_demos(protocol="tags") if len(d.steps) == 2)
+    cut = anchor_cuts(smol_tokenizer, tags, protocol="tags")[1]
+    assert smol_tokenizer.decode(cut.token_ids).endswith("</result>\n") and len(cut.tool_calls) == 1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -170,14 +170,11 @@ class E3TIRSource:
         tasks = [self.tasks[i] for i in idx]
         self._build(tasks)                                           # one sandbox batch for the step
         prefixes, facts = zip(*(self.plan(t) for t in tasks))
-        self.guided = {}
-        for t, f in zip(tasks, facts):
-            e = self.experts[t.id]
-            if f["expert"] is not None:
-                self.guided[t.id] = e
-            if f["expert"] is not None and e.task_id not in self.used:
+        self.guided = {t.id: self.experts[t.id] for t, f in zip(tasks, facts) if f["expert"] is not None}
+        for e in self.guided.values():                               # data cost: each expert counted once
+            if e.task_id not in self.used:
                 self.used[e.task_id] = len(self.tok.encode(e.text, add_special_tokens=False))
-            self.schedule.append({"step": step, **f})
+        self.schedule += [{"step": step, **f} for f in facts]
         fed = sum(len(p.token_ids) for rows in prefixes for p in rows if p is not None)
         info = {"data/cursor": self.cursor, "data/epoch": self.cursor / len(self.tasks),
                 "e3tir/expert_tokens": float(sum(self.used.values())),          # data cost so far
