@@ -27,8 +27,14 @@ def test_notebook_is_stored_without_outputs_and_in_sync_with_its_py_twin(name):
 
 
 def test_every_notebook_has_a_headless_run_below():
-    assert ALL == ["01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training",
+    assert ALL == ["00_start_here", "01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training",
                    "06_tree_rollouts"]
+
+
+@pytest.mark.smoke
+def test_notebook_00_start_here_runs_headless(monkeypatch):
+    nb = execute_notebook("00_start_here", monkeypatch, timeout=120)
+    assert "bundled tasks load" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
 @pytest.mark.smoke
