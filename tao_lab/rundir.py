@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,4 +108,6 @@ def prepare_resume(run_dir) -> ResumePlan:
                      f"(steps logged before are dropped and redone)")
         plan = ResumePlan(run_dir, None, 0, config, None, notes)
     notes += RunStore(run_dir).repair(plan.step)
+    for note in notes:          # said where the user looks, and kept on the plan for callers and tests
+        print(f"resume: {note}", file=sys.stderr)
     return plan

@@ -693,16 +693,27 @@ class Trainer:
         by a run that crashed) are removed first, so the resumed run writes them exactly once. What
         was found and done is printed and kept in `resume_notes`.
         """
-        plan = rundir.prepare_resume(run_dir)
-        for note in plan.notes:
-            print(f"resume: {note}", file=sys.stderr)
-        cfg = config_from_dict(plan.config)
+        plan = rundir.prepare_resume(run_dir)   # newest intact checkpoint; the store repaired to it
+        if plan.path is None:      # none intact: step 0 with config.json, fresh model / optimizer / source
+            cfg = config_from_dict(plan.config)
+            tr = cls(cfg if steps is None else replace(cfg, run=replace(cfg.run, steps=steps)), run_dir,
+                     write_config=False, **kw)
+            tr.resume_notes = plan.notes
+            return tr
+        path = plan.path
+        saved = ckpt.read_state(path)
+        cfg = config_from_dict(saved["config"])
         if steps is not None:
             cfg = replace(cfg, run=replace(cfg.run, steps=steps))
         tr = cls(cfg, run_dir, write_config=False, **kw)
+        ckpt.load_into(path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
+        tr.state = TrainState.from_saved(saved["state"])
+        tr.prompt_source.load_state_dict(tr.state.source)
+        ckpt.set_rng_state(ckpt.read_rng(path))
+        tr._rng_snapshot = ckpt.rng_state()
+        tr.store.truncate_after(tr.state.step)
         tr.resume_notes = plan.notes
-        if plan.path is None:          # from step 0: the fresh model, optimizer and source as built
-            return tr
+        return tr
         ckpt.load_into(plan.path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
         tr.state = TrainState.from_saved(plan.saved["state"])
         tr.prompt_source.load_state_dict(tr.state.source)
