@@ -98,6 +98,10 @@ def cmd_train(args) -> int:
         return 2
     out = Path(cfg.run.out_dir)
     rundir.check_fresh(out)    # before the model loads; main() prints the RunDirError
+    if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
+        print(f"error: {out} already holds a run; continue it with `tao-lab resume {out}` or pass --out NEW_DIR",
+              file=sys.stderr)
+        return 2
     print(f"{cfg.method} on {cfg.data.tasks} with {cfg.model.name}: {cfg.run.steps} steps -> {out}", file=sys.stderr)
     with Trainer(cfg, out, on_step=_print_step if args.quiet_bar else None) as tr:
         tr.train(progress=not args.quiet_bar)

@@ -714,12 +714,6 @@ class Trainer:
         tr.store.truncate_after(tr.state.step)
         tr.resume_notes = plan.notes
         return tr
-        ckpt.load_into(plan.path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
-        tr.state = TrainState.from_saved(plan.saved["state"])
-        tr.prompt_source.load_state_dict(tr.state.source)
-        ckpt.set_rng_state(ckpt.read_rng(plan.path))
-        tr._rng_snapshot = ckpt.rng_state()
-        return tr
 
 
 def frame_of_logs(logs: Sequence[StepLog]) -> pd.DataFrame:
