@@ -276,8 +276,9 @@ def load_demos(path: str | Path | None = None, protocol: str | None = None) -> l
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     demos = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode_line(raw, f"{path}:{lineno}", first=lineno == 1)
             if not line.strip():
                 continue
             try:

@@ -21,7 +21,7 @@ from tao_lab import trainer as T
 from tao_lab.cli import main
 from tao_lab.records import RunStore
 from tao_lab.runstore_repair import RunStoreError, RunStoreWarning
-from tao_lab.tasks import TaskError, load_tasks
+from tao_lab.tasks import TaskError, load_demos, load_tasks
 from train_helpers import alternating_reward, one_thread, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -67,6 +67,9 @@ def test_a_non_utf8_task_file_is_named_with_its_line_and_column(tmp_path):
         load_tasks(path)
     bom = _tasks_file(tmp_path, [b"\xef\xbb\xbf" + GOOD[0]], name="bom.jsonl")
     assert load_tasks(bom)[0].id == "a"       # a BOM (Windows editors) is fine
+    demos = _tasks_file(tmp_path, [b'{"id": "d\xff"}'], name="demos.jsonl")
+    with pytest.raises(TaskError, match=r"demos.jsonl:1: not UTF-8"):
+        load_demos(demos)
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity"])
