@@ -209,20 +209,16 @@ def test_metrics_are_strict_json_and_old_nan_literals_still_read(tmp_path):
     assert math.isnan(RunStore(tmp_path / "old").metrics()["a"][0])
 
 
-def _killed_before_first_checkpoint(run):
-    """Two steps logged, then killed while the first checkpoint was being written."""
-    with T.Trainer(tiny_cfg("run.steps=4", "run.save_every=5"), run, reward_fn=alternating_reward) as tr:
-        tr.step(), tr.step()
-    (run / "checkpoints" / ".tmp-step_000002-999-deadbeef").mkdir(parents=True)
-
-
 def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_0_and_train_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
-    _killed_before_first_checkpoint(run)
+    with T.Trainer(tiny_cfg("run.steps=4", "run.save_every=5"), run, reward_fn=alternating_reward) as tr:
+        tr.step(), tr.step()                     # two steps logged, then killed: no checkpoint yet
+    # `train` into it used to append a second step 1, 2 ([1, 2, 1, 2, ...]); now it names the way on
     assert main(["train", "--preset", "test_tiny", "--out", str(run)]) == 2
     assert f"`tao-lab resume {run}`" in capsys.readouterr().err
     with pytest.raises(rundir.RunDirError, match="tao-lab resume"):   # the library refuses it too
         T.Trainer(tiny_cfg("run.steps=4"), run, reward_fn=alternating_reward)
+    (run / "checkpoints" / ".tmp-step_000002-999-deadbeef").mkdir(parents=True)   # killed mid-write
     with T.Trainer.resume(run, steps=2, reward_fn=alternating_reward) as tr:
         assert tr.state.step == 0 and "restarting from step 0" in tr.resume_notes[0]
         tr.train()
