@@ -72,8 +72,10 @@ call pays only for the code itself; `python -I -S` starts in ~12 ms vs ~45 ms wi
 See benchmarks/sandbox_throughput.py for measured calls/s.
 """
 
-from .common import DEFAULT_TIMEOUT_S, STATUSES, TIERS, ExecResult, SandboxConfig, SandboxError
+from .common import (DEFAULT_TIMEOUT_S, STATUSES, TASK_DATA_DIRS, TIER_CAVEATS, TIERS, ExecResult,
+                     SandboxConfig, SandboxError, SandboxWarning)
 from .pool import SandboxPool, available_tiers, resolve_tier, run_code, tier_status
 
-__all__ = ["DEFAULT_TIMEOUT_S", "STATUSES", "TIERS", "ExecResult", "SandboxConfig", "SandboxError",
-           "SandboxPool", "available_tiers", "resolve_tier", "run_code", "tier_status"]
+__all__ = ["DEFAULT_TIMEOUT_S", "STATUSES", "TASK_DATA_DIRS", "TIER_CAVEATS", "TIERS", "ExecResult",
+           "SandboxConfig", "SandboxError", "SandboxWarning", "SandboxPool", "available_tiers",
+           "resolve_tier", "run_code", "tier_status"]
