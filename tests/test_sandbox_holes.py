@@ -218,6 +218,24 @@ def test_the_code_cannot_read_the_task_files(cfg):
     assert '"answer"' not in res.stdout
 
 
+def test_root_without_cap_sys_admin_still_runs_the_rlimits_tier_and_says_the_files_are_visible():
+    # A default Docker container: root, but no CAP_SYS_ADMIN, so no mount namespace to hide with.
+    from test_sandbox import _rlimits_config
+    c = _rlimits_config()
+    if not IS_ROOT or c is None or shutil.which("setpriv") is None:
+        pytest.skip("needs root, the rlimits tier and setpriv (util-linux)")
+    task_file = sorted(Path(TASK_DATA_DIRS[0]).glob("*.jsonl"))[0]
+    code = f"print(len(open({str(task_file)!r}).read()) > 0)"
+    script = ("from tao_lab.sandbox import SandboxConfig, run_code\n"
+              f"res = run_code({code!r}, config=SandboxConfig(tier='rlimits', python={c.python!r}))\n"
+              "print(res.status, res.stdout, end='')\n")
+    out = subprocess.run(["setpriv", "--bounding-set", "-sys_admin", "--inh-caps", "-sys_admin",
+                          sys.executable, "-W", "always", "-c", script], capture_output=True, text=True,
+                         timeout=60, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert out.stdout == "ok True\n", out.stderr
+    assert "could not hide" in out.stderr and "SandboxWarning" in out.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # bubblewrap: /proc/self/mountinfo shows mount points, not where they come from on the host
 

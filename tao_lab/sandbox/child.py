@@ -10,7 +10,8 @@ workbench is imported; importing this module runs nothing). In order, the runner
    that refuses new user namespaces (`unshare`/`clone` with CLONE_NEWUSER), the way out of every
    limit above;
 4. as root: switches to the unprivileged sandbox uid;
-5. writes one byte, b"R", to the status pipe and closes it -- the only channel through which the
+5. writes one byte, b"R" (or b"U": all set up but step 2, refused -- root without CAP_SYS_ADMIN,
+   as in a default Docker container; the workbench warns), to the status pipe and closes it -- the only channel through which the
    workbench learns that the sandbox was set up. It is closed before the code is read, so the
    code can neither write to it nor take the byte back: whatever the code prints or exits with,
    the call is an ordinary result, and a runner that dies before step 5 is a broken tier;
@@ -143,8 +144,12 @@ def _set_up(argv):
     cpu, mem, fsize, nproc, uid, status_fd = map(int, argv[:6])
     site, hidden = argv[6], argv[7]
     _limits(cpu, mem, fsize, nproc)
+    hid = True
     if hidden:
-        _hide(hidden.split(os.pathsep))
+        try:
+            _hide(hidden.split(os.pathsep))
+        except PermissionError:  # root without CAP_SYS_ADMIN (a default Docker container)
+            hid = False
     if sys.platform.startswith("linux"):
         _no_new_privs_and_userns()
     if uid >= 0:
@@ -153,7 +158,7 @@ def _set_up(argv):
         os.setresuid(uid, uid, uid)
     signal.signal(signal.SIGXCPU, _on_cpu_limit)
     sys.path.extend(p for p in site.split(os.pathsep) if p)
-    os.write(status_fd, b"R")
+    os.write(status_fd, b"R" if hid else b"U")  # U: set up, but the hidden paths could not be hidden
     os.close(status_fd)
 
 

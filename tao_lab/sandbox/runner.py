@@ -11,16 +11,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from .bubblewrap import bwrap_argv
-from .common import ExecResult, SandboxConfig, SandboxError, last_line, signal_name, site_paths
+from .common import (ExecResult, SandboxConfig, SandboxError, SandboxWarning, last_line, signal_name,
+                     site_paths)
 from .uids import scan_uids, sweep_uid
 
 
 # The runner (child.py) runs as `python -I -S -B -c <its text>`: no file of the workbench is opened
 # by the sandboxed interpreter, and importing child.py runs nothing.
 _RUNNER = Path(__file__).with_name("child.py").read_text()
+_warned_unhidden = False
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -73,11 +76,19 @@ class Proc:
         return self.popen.poll() is None
 
     def was_set_up(self) -> bool:
-        """Whether the runner reported a complete sandbox (call after it ended)."""
+        """Whether the runner reported the sandbox set up (call after it ended). Warns once per
+        process if it could not hide the task files (see child.py, step 5)."""
+        global _warned_unhidden
         try:
-            return os.read(self.status, 1) == b"R"
-        except (BlockingIOError, OSError):
+            byte = os.read(self.status, 1)
+        except OSError:  # (BlockingIOError: nothing written, and a write end still open)
             return False
+        if byte == b"U" and not _warned_unhidden:
+            _warned_unhidden = True
+            warnings.warn(f"the {self.tier} sandbox could not hide {', '.join(self.cfg.hidden)} from model"
+                          " code (mounting needs CAP_SYS_ADMIN): it can read the task files with their"
+                          " answers; use the bubblewrap tier", SandboxWarning, stacklevel=2)
+        return byte in (b"R", b"U")
 
     def kill(self, sweep: bool = True):
         """End the runner and all it started (`sweep=False`: already done), reap it, close its
