@@ -18,7 +18,6 @@ import tempfile
 import threading
 import time
 import tracemalloc
-import uuid
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -129,7 +128,7 @@ def test_a_fork_then_exit_daemon_chain_does_not_outlive_the_call_under_load(cfg)
         pytest.skip("bubblewrap: the runner is PID 1 of its namespace; the kernel kills all in it")
     if not IS_ROOT:
         pytest.skip("rlimits tier as a normal user: the code runs as you, a daemon escapes (documented)")
-    busy = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 20\n"
+    busy = [subprocess.Popen([sys.executable, "-c", "import time\nend = time.time() + 10\n"
                               "while time.time() < end:\n    pass\n"]) for _ in range(3)]
     beats = tempfile.mkdtemp(prefix="tao_lab_beat_")
     os.chmod(beats, 0o777)  # the sandbox uid writes its heartbeat here
