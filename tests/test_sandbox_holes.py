@@ -103,7 +103,8 @@ _CHAIN = ('n=0; x() { n=$((n+1)); [ $n -lt 700 ] || exec /bin/sh -c "$CHAIN" x $
 def _chain_code(beat: str) -> str:
     return ("import os, subprocess\n"
             f"env = dict(os.environ, CHAIN={_CHAIN!r}, BEAT={beat!r})\n"
-            "subprocess.Popen(['/bin/sh', '-c', env['CHAIN'], 'x', '0'], env=env, start_new_session=True).wait()\n"
+            "subprocess.Popen(['/bin/sh', '-c', env['CHAIN'], 'x', '0'], env=env,\n"
+            "                 start_new_session=True).wait()\n"
             "print(os.getuid())\n")
 
 
@@ -162,8 +163,8 @@ def test_the_kill_helper_refuses_a_uid_that_is_not_a_sandbox_uid():
 
 
 def test_the_code_runs_with_no_new_privs(cfg):
-    res = run_code("print([l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0])",
-                   config=cfg)
+    code = "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('NoNewPrivs')][0])"
+    res = run_code(code, config=cfg)
     assert (res.status, res.stdout) == ("ok", "1\n"), res.stderr
 
 
@@ -283,7 +284,8 @@ class _Service(http.server.BaseHTTPRequestHandler):
                     self.wfile.flush()
                 return
             if srv.mode == "huge" and "6 * 7" not in req["code"]:
-                head = b'{"status": "Success", "run_result": {"status": "Finished", "return_code": 0, "stdout": "'
+                head = (b'{"status": "Success", "run_result": '
+                        b'{"status": "Finished", "return_code": 0, "stdout": "')
                 self._headers(len(head) + len(srv.chunk) * 64 + 3)
                 self.wfile.write(head)
                 for _ in range(64):  # 64 MiB in all

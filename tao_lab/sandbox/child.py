@@ -11,10 +11,11 @@ workbench is imported; importing this module runs nothing). In order, the runner
    limit above;
 4. as root: switches to the unprivileged sandbox uid;
 5. writes one byte, b"R" (or b"U": all set up but step 2, refused -- root without CAP_SYS_ADMIN,
-   as in a default Docker container; the workbench warns), to the status pipe and closes it -- the only channel through which the
-   workbench learns that the sandbox was set up. It is closed before the code is read, so the
-   code can neither write to it nor take the byte back: whatever the code prints or exits with,
-   the call is an ordinary result, and a runner that dies before step 5 is a broken tier;
+   as in a default Docker container; the workbench warns), to the status pipe and closes it -- the
+   only channel through which the workbench learns that the sandbox was set up. It is closed
+   before the code is read, so the code can neither write to it nor take the byte back: whatever
+   the code prints or exits with, the call is an ordinary result, and a runner that dies before
+   step 5 is a broken tier;
 6. blocks on stdin for the code (what lets a pool start it ahead of time), runs it, reports.
 
 ARGS: cpu_s mem_bytes fsize_bytes nproc uid status_fd site_paths hidden_paths (paths joined by

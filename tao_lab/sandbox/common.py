@@ -26,10 +26,11 @@ class SandboxWarning(UserWarning):
 
 
 # The project's task files carry the gold answers: model code that reads them can hack the reward.
-# The checkout's data/ and, in an installed wheel, tao_lab/data/ (the same place tasks.DATA_DIR
-# resolves to; tasks.py sits above the sandbox and is not imported here).
+# Every place tasks.DATA_DIR may resolve to (tasks.py sits above the sandbox and is not imported
+# here): the checkout's data/ and an installed wheel's <prefix>/share/tao_lab/data.
 _PACKAGE = Path(__file__).resolve().parents[1]
-TASK_DATA_DIRS = tuple(str(p) for p in (_PACKAGE.parent / "data", _PACKAGE / "data") if p.is_dir())
+_WHEEL_DATA = Path(sys.prefix) / "share" / "tao_lab" / "data"
+TASK_DATA_DIRS = tuple(str(p) for p in (_PACKAGE.parent / "data", _WHEEL_DATA) if p.is_dir())
 
 # One line per tier for people choosing a tier (notebooks, CLI): what the tier does NOT protect.
 TIER_CAVEATS = {
