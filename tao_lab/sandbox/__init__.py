@@ -26,9 +26,10 @@ choosing the rlimits tier warns once per process with a `SandboxWarning`):
    exchange; the reply is read in pieces and dropped past a cap (`http.reply_cap`).
 
 The runner (child.py) sets the sandbox up in the sandboxed interpreter itself, then writes one byte
-to a status pipe and closes it before it reads the code. That byte is the only way a tier can be
-reported broken: a runner that ends without it raises `SandboxError`; once it is written, nothing the
-code prints or exits with (say `sys.exit("bwrap: ...")`) is more than an ordinary result. On Linux
+to a status pipe and closes it; the workbench reads that byte before it sends the code. That byte is
+the only way a tier can be reported broken: a runner that ends (or hangs) without it raises
+`SandboxError`; once it has come, nothing the code prints or exits with (say `sys.exit("bwrap:
+...")`) is more than an ordinary result. (`timeout_s` starts when the code is sent.) On Linux
 (x86_64, aarch64) the runner sets NO_NEW_PRIVS (setuid binaries gain nothing) and installs a seccomp
 filter that refuses `unshare`/`clone` with CLONE_NEWUSER (nested user namespaces, the way around
 the uid and mount rules), answers `clone3` with ENOSYS (libc falls back to `clone`) and kills a

@@ -4,6 +4,7 @@ waits for code, hand it the code, collect capped output, classify how it ended."
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -24,6 +25,7 @@ from .uids import scan_uids, sweep_uid
 # by the sandboxed interpreter, and importing child.py runs nothing.
 _RUNNER = Path(__file__).with_name("child.py").read_text()
 _warned_unhidden = False
+_SETUP_LIMIT_S = 10.0  # how long a runner may take to set the sandbox up (a loaded machine is slow)
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -114,7 +116,27 @@ class Proc:
 # Running code on a started runner
 
 
+def await_setup(proc: Proc):
+    """Wait for the runner's status byte before handing over the code. Reading it first means the
+    code never runs while the byte is still in the pipe (as a normal user the code could otherwise
+    reach the pipe through /proc and take it), and the time limit starts with the code, not with the
+    interpreter. No byte -- the runner died or hung while setting up -- raises `SandboxError`."""
+    limit = max(_SETUP_LIMIT_S, proc.cfg.timeout_s)
+    ready, _, _ = select.select([proc.status], [], [], limit)
+    if ready and proc.was_set_up():
+        return
+    kill_tree(proc)
+    try:
+        _, err_b = proc.popen.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        err_b = b""
+    proc.kill(sweep=False)
+    how = f"exit status {proc.popen.returncode}" if ready else f"not set up after {limit:g} s"
+    raise SandboxError(f"the {proc.tier} sandbox failed to start ({how}): {err_tail(err_b or b'')}")
+
+
 def execute(proc: Proc, code: str) -> ExecResult:
+    await_setup(proc)
     cfg, p = proc.cfg, proc.popen
     cap = cfg.max_output_bytes
     bufs = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
@@ -159,13 +181,11 @@ def execute(proc: Proc, code: str) -> ExecResult:
     sel.close()
     rc = p.wait()
     duration = ended_at - start
-    set_up = proc.was_set_up()
-    (out_b, err_b), (out_n, err_n) = bufs.values(), sizes.values()  # stdout first, then stderr
     # Already killed if needed: an exited bubblewrap runner took its PID namespace with it, and the
     # rlimits tier swept its uid above. This reaps, closes the pipes, removes the work dir.
     proc.kill(sweep=False)
-    if not set_up and not timed_out:  # the runner died before the code could run: the tier is broken
-        raise SandboxError(f"the {proc.tier} sandbox failed to start (exit status {rc}): {err_tail(err_b)}")
+    (out_b, err_b), (out_n, err_n) = bufs.values(), sizes.values()  # stdout first, then stderr
+    # Whatever happened from here on was the code's doing: an ordinary result, never an exception.
     return _classify(proc, rc, timed_out, duration, out_b, err_b, out_n > cap, err_n > cap)
 
 
