@@ -55,6 +55,9 @@ def _etc_args() -> list[str]:
 def bwrap_argv(interpreter: str, site_packages: bool, tmp_mb: int, as_root: bool) -> tuple[str, ...]:
     argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--as-pid-1"]
+    # No `--disable-userns`: it needs `--unshare-user`, which as root maps only uid 0 (the drop to the
+    # sandbox uid then fails) or, with `--uid`, maps that uid to host root (RLIMIT_NPROC stops
+    # binding). The runner's seccomp filter refuses nested user namespaces on every tier instead.
     if as_root:  # privileged bwrap keeps all caps by default: keep only what the uid drop needs
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:                  # unprivileged bwrap needs a user namespace (also makes NPROC per-sandbox)
