@@ -40,7 +40,7 @@ test: setup model
 	$(PY) -m pytest -q tests
 
 test-fast: setup
-	$(PY) -m pytest -q tests -m "not smoke and not browser"
+	$(PY) -m pytest -q tests -m "not smoke and not browser and not soak"
 
 test-browser: setup model
 	$(PY) -m pytest -q tests -m browser

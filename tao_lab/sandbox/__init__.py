@@ -93,6 +93,12 @@ What is NOT protected, per tier (be careful)
     (only `run_timeout` and `memory_limit_MB` are its fields); the service sees the code in clear.
   - all local tiers: output still sitting in the interpreter's buffer when a timeout kills it is
     lost (stdout to a pipe is block-buffered, as in a plain `python script.py | cat`).
+  - a workbench killed in the middle of a call (SIGKILL, OOM): there is no one left to enforce the
+    timeout. The rlimits runner dies with it (parent-death signal), but as root the code under
+    bubblewrap, and the daemons it started under rlimits, keep running as their sandbox uid until
+    the next sandbox uid claim on the machine (any workbench's next pool or call) sweeps every
+    unheld uid; as a normal user, bubblewrap's `--die-with-parent` ends them at once and rlimits
+    daemons stay (see above).
 
 Speed: a pool keeps one interpreter per worker already started and waiting for code on stdin, so a
 call pays only for the code itself; `python -I -S` starts in ~12 ms vs ~45 ms with site processing.

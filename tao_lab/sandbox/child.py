@@ -9,7 +9,8 @@ workbench is imported; importing this module runs nothing). In order, the runner
 3. on Linux: sets NO_NEW_PRIVS (a setuid binary gains nothing) and installs a small seccomp filter
    that refuses new user namespaces (`unshare`/`clone` with CLONE_NEWUSER), the way out of every
    limit above;
-4. as root: switches to the unprivileged sandbox uid;
+4. as root: switches to the unprivileged sandbox uid; on Linux, then asks to be SIGKILLed when its
+   parent dies (a uid change clears that request, so it comes after);
 5. writes one byte, b"R" (or b"U": all set up but step 2, refused -- root without CAP_SYS_ADMIN,
    as in a default Docker container; the workbench warns), to the status pipe and closes it -- the
    only channel through which the workbench learns that the sandbox was set up. It is closed
@@ -30,7 +31,7 @@ import sys
 # Linux constants (uapi headers). [code] syscall numbers per architecture: (unshare, clone, clone3).
 _SYSCALLS = {"x86_64": (0xC000003E, 272, 56, 435), "aarch64": (0xC00000B7, 97, 220, 435)}
 _CLONE_NEWNS, _CLONE_NEWUSER = 0x00020000, 0x10000000
-_PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS, _SECCOMP_MODE_FILTER = 22, 38, 2
+_PR_SET_PDEATHSIG, _PR_SET_SECCOMP, _PR_SET_NO_NEW_PRIVS, _SECCOMP_MODE_FILTER = 1, 22, 38, 2
 _RET_KILL_PROCESS, _RET_ERRNO, _RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
 _EPERM, _ENOSYS = 1, 38
 
@@ -127,6 +128,19 @@ def _no_new_privs_and_userns():
            "seccomp filter")
 
 
+def _die_with_parent():
+    """SIGKILL this runner when its parent dies: in the rlimits tier a workbench killed mid-call
+    (OOM, SIGKILL) left the code running with no timeout. (The parent is the *thread* that started
+    the runner; a pool's runners are started by long-lived ones.) bwrap's `--die-with-parent` sets
+    this too, but a uid change (step 4) clears it, and as root re-arming it does not help there: the
+    kernel checks the dying bwrap's right to signal us, and bwrap has dropped its capabilities. What
+    outlives a killed workbench as a sandbox uid (this case, rlimits daemons) is swept when the next
+    sandbox uid is claimed on the machine (uids.UidLease)."""
+    ctypes, libc = _libc()
+    ul = ctypes.c_ulong
+    _check(ctypes, libc.prctl(_PR_SET_PDEATHSIG, ul(signal.SIGKILL), ul(0), ul(0), ul(0)), "PR_SET_PDEATHSIG")
+
+
 def _report(e, src, main):
     if isinstance(e, MemoryError):
         main.__dict__.clear()
@@ -157,6 +171,8 @@ def _set_up(argv):
         os.setgroups([])
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
+    if sys.platform.startswith("linux"):
+        _die_with_parent()
     signal.signal(signal.SIGXCPU, _on_cpu_limit)
     sys.path.extend(p for p in site.split(os.pathsep) if p)
     os.write(status_fd, b"R" if hid else b"U")  # U: set up, but the hidden paths could not be hidden

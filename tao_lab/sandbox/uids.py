@@ -37,6 +37,7 @@ class UidLease:
         uids = range(_SANDBOX_UID_BASE, _SANDBOX_UID_BASE + _SANDBOX_UID_COUNT)
         with _uid_lock:
             in_use = scan_uids(uids)  # skip uids with processes, even zombies (they hold NPROC)
+            _sweep_orphans(in_use)
             for uid in uids:
                 if uid in _uids_taken or uid in in_use or _has_passwd_entry(uid):
                     continue
@@ -58,6 +59,26 @@ class UidLease:
                 _uids_taken.discard(self.uid)
             self._sock.close()
             self._sock = None
+
+
+def _sweep_orphans(in_use: dict[int, tuple[list[int], int]]) -> None:
+    """Kill the live processes of every sandbox uid that nobody holds: what a workbench killed in
+    the middle of a call (SIGKILL, OOM) left behind, e.g. a `setsid` daemon of the rlimits tier,
+    which nothing else ties to the dead workbench. A held uid's socket cannot be bound, and a
+    holder only ever releases a uid after its sweep, so a bindable uid's live processes are orphans.
+    (Called under _uid_lock; the uid stays skipped for this claim: its zombies may hold NPROC.)"""
+    for uid, (live, _) in in_use.items():
+        if not live or uid in _uids_taken:
+            continue
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(f"\0tao_lab.sandbox.uid.{uid}")
+        except OSError:  # held by a live workbench
+            continue
+        else:
+            sweep_uid(uid)
+        finally:
+            sock.close()
 
 
 def drops_root() -> bool:
