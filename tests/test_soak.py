@@ -250,6 +250,11 @@ def test_the_reference_run_meets_every_hostile_variant(reference):
     assert variants == set("DFNUX")
 
 
+def _uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+
+
 ORPHAN = """
 import sys
 from tao_lab.sandbox import SandboxConfig, SandboxPool
@@ -266,9 +271,10 @@ def test_a_daemon_of_a_workbench_killed_mid_call_is_swept_by_the_next_claim(tier
     """Found by the soak: nothing ties a sandbox uid's processes to a workbench that is SIGKILLed
     in the middle of a call (a uid change clears bubblewrap's parent-death signal, and the rlimits
     daemon has its own session), so the code and its daemons ran on, for good. Now the next
-    sandbox uid claim on the machine sweeps every uid that nobody holds."""
+    sandbox uid claim on the machine sweeps every uid that nobody holds, and the rlimits runner
+    itself dies with its workbench (sandbox/child.py: a parent-death signal after the uid drop)."""
     require(tier)
-    from tao_lab.sandbox.uids import UidLease
+    from tao_lab.sandbox.uids import UidLease, scan_uids
 
     token = f"{random.Random().randrange(10**5, 10**6)}.{os.getpid()}"
     python = W.SYSTEM_PYTHON if tier == "rlimits" else ""
@@ -281,8 +287,14 @@ def test_a_daemon_of_a_workbench_killed_mid_call_is_swept_by_the_next_claim(tier
             time.sleep(0.05)
         daemon = sleepers(token)
         assert daemon, "the daemon never started"
+        uid = _uid_of(daemon[0])
         proc.send_signal(signal.SIGKILL)          # the workbench dies mid-call
         proc.wait()
+        if tier == "rlimits":   # its runner (still in the code's sleep) dies with it: a parent-death signal
+            deadline = time.monotonic() + 3
+            while set(scan_uids(range(uid, uid + 1)).get(uid, ([], 0))[0]) - set(daemon):
+                assert time.monotonic() < deadline, "the rlimits runner outlived its killed workbench"
+                time.sleep(0.05)
         UidLease().release()                      # any later claim on the machine
         assert gone(daemon, token), f"the {tier} daemon outlived its killed workbench"
     finally:
