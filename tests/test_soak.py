@@ -255,6 +255,13 @@ def _uid_of(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
 
 
+def _workdirs_of(uid: int) -> list[Path]:
+    import tempfile
+
+    from tao_lab.sandbox.uids import WORKDIR_PREFIX
+    return [p for p in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*") if p.stat().st_uid == uid]
+
+
 ORPHAN = """
 import sys
 from tao_lab.sandbox import SandboxConfig, SandboxPool
@@ -271,7 +278,8 @@ def test_a_daemon_of_a_workbench_killed_mid_call_is_swept_by_the_next_claim(tier
     """Found by the soak: nothing ties a sandbox uid's processes to a workbench that is SIGKILLed
     in the middle of a call (a uid change clears bubblewrap's parent-death signal, and the rlimits
     daemon has its own session), so the code and its daemons ran on, for good. Now the next
-    sandbox uid claim on the machine sweeps every uid that nobody holds, and the rlimits runner
+    sandbox uid claim on the machine sweeps every uid that nobody holds (and removes the rlimits
+    work dirs the killed workbench left), and the rlimits runner
     itself dies with its workbench (sandbox/child.py: a parent-death signal after the uid drop)."""
     require(tier)
     from tao_lab.sandbox.uids import UidLease, scan_uids
@@ -288,6 +296,8 @@ def test_a_daemon_of_a_workbench_killed_mid_call_is_swept_by_the_next_claim(tier
         daemon = sleepers(token)
         assert daemon, "the daemon never started"
         uid = _uid_of(daemon[0])
+        workdirs = _workdirs_of(uid)
+        assert bool(workdirs) == (tier == "rlimits")     # bubblewrap's /tmp is a tmpfs of its own
         proc.send_signal(signal.SIGKILL)          # the workbench dies mid-call
         proc.wait()
         if tier == "rlimits":   # its runner (still in the code's sleep) dies with it: a parent-death signal
@@ -297,6 +307,7 @@ def test_a_daemon_of_a_workbench_killed_mid_call_is_swept_by_the_next_claim(tier
                 time.sleep(0.05)
         UidLease().release()                      # any later claim on the machine
         assert gone(daemon, token), f"the {tier} daemon outlived its killed workbench"
+        assert not [p for p in workdirs if p.exists()], "the killed workbench's work dirs were left"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -18,7 +18,7 @@ from pathlib import Path
 from .bubblewrap import bwrap_argv
 from .common import (ExecResult, SandboxConfig, SandboxError, SandboxWarning, last_line, signal_name,
                      site_paths)
-from .uids import scan_uids, sweep_uid
+from .uids import WORKDIR_PREFIX, scan_uids, sweep_uid
 
 
 # The runner (child.py) runs as `python -I -S -B -c <its text>`: no file of the workbench is opened
@@ -50,7 +50,7 @@ class Proc:
             prefix = list(bwrap_argv(cfg.interpreter, cfg.site_packages, cfg.max_file_mb, os.geteuid() == 0))
             cwd, env = None, _scrubbed_env("/tmp")
         else:
-            self.workdir = tempfile.mkdtemp(prefix="tao_lab_sandbox_")
+            self.workdir = tempfile.mkdtemp(prefix=WORKDIR_PREFIX)
             if uid >= 0:
                 os.chown(self.workdir, uid, uid)
                 hidden = os.pathsep.join(cfg.hidden)  # only root can mount (see child._hide)

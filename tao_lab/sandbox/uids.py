@@ -10,8 +10,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 from .common import SandboxError
 
@@ -19,6 +21,7 @@ from .common import SandboxError
 _SANDBOX_UID_BASE = 61000         # first uid used when dropping root; no passwd entry expected
 _SANDBOX_UID_COUNT = 1000         # how many uids to try
 _SWEEP_ROUNDS = 200               # uid sweep: at most this many kill rounds (2 ms apart)
+WORKDIR_PREFIX = "tao_lab_sandbox_"  # rlimits tier: each runner's work dir in the temp dir (runner.Proc)
 _KILL = shutil.which("kill", path="/usr/bin:/bin")  # procps/util-linux `kill -9 -1`: kill(-1, SIGKILL)
 
 # ----------------------------------------------------------------------------------------------
@@ -62,21 +65,34 @@ class UidLease:
 
 
 def _sweep_orphans(in_use: dict[int, tuple[list[int], int]]) -> None:
-    """Kill the live processes of every sandbox uid that nobody holds: what a workbench killed in
-    the middle of a call (SIGKILL, OOM) left behind, e.g. a `setsid` daemon of the rlimits tier,
-    which nothing else ties to the dead workbench. A held uid's socket cannot be bound, and a
-    holder only ever releases a uid after its sweep, so a bindable uid's live processes are orphans.
-    (Called under _uid_lock; the uid stays skipped for this claim: its zombies may hold NPROC.)"""
-    for uid, (live, _) in in_use.items():
-        if not live or uid in _uids_taken:
+    """Clean up every sandbox uid that nobody holds: what a workbench killed in the middle of a call
+    (SIGKILL, OOM) left behind -- the code under bubblewrap, a `setsid` daemon under rlimits,
+    which nothing else ties to the dead workbench -- and the rlimits work dirs of its runners. A
+    held uid's socket cannot be bound, and a holder sweeps its uid and removes its work dirs before
+    it releases it, so a bindable uid's live processes and work dirs are orphans. (Called under
+    _uid_lock; a swept uid stays skipped for this claim: its zombies may hold NPROC.)"""
+    dirs: dict[int, list[Path]] = {}
+    for p in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            owner = p.stat().st_uid
+        except OSError:
+            continue
+        if _SANDBOX_UID_BASE <= owner < _SANDBOX_UID_BASE + _SANDBOX_UID_COUNT:
+            dirs.setdefault(owner, []).append(p)
+    for uid in sorted({u for u, (live, _) in in_use.items() if live} | set(dirs)):
+        if uid in _uids_taken:
             continue
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(f"\0tao_lab.sandbox.uid.{uid}")
         except OSError:  # held by a live workbench
+            sock.close()
             continue
-        else:
-            sweep_uid(uid)
+        try:
+            if in_use.get(uid, ([], 0))[0]:
+                sweep_uid(uid)
+            for p in dirs.get(uid, ()):
+                shutil.rmtree(p, ignore_errors=True)
         finally:
             sock.close()
 
