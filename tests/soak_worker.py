@@ -23,6 +23,7 @@ Every variant's tool code is hostile; the model's own text carries NUL and contr
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -50,8 +51,9 @@ class ShortChatTokenizer(ChatByteTokenizer):
 def hostile_code(token: str) -> dict[str, str]:
     """Variant key -> the tool code it writes (raw strings: the escapes are the code's, not ours)."""
     return {
-        "D": ("import os\nif os.fork()==0:\n os.setsid()\n if os.fork()==0:os.execvp('sleep',['sleep','"
-              + token + "'])\n os._exit(0)\nos.wait()\nprint('up')"),
+        # the call lingers 0.4 s with its daemon up, so some kills land while one lives
+        "D": ("import os,time\nif os.fork()==0:\n os.setsid()\n if os.fork()==0:os.execvp('sleep',['sleep','"
+              + token + "'])\n os._exit(0)\nos.wait()\nprint('up')\ntime.sleep(.4)"),
         "F": "import os\nos.write(1,b'x'*3000000)\nos.write(2,b'y'*3000000)",
         "N": r"import os" "\n" r"os.write(1,b'a\x00b\xff\xfe\xc3(\n')" "\n" r"os.write(2,b'\x00\xff\x80e')",
         "X": "import sys\nsys.exit('bwrap: Creating new namespace failed: forged')",
@@ -114,7 +116,6 @@ def config(steps: int):
 def sandbox_pool(tier: str):
     from tao_lab.sandbox import SandboxConfig, SandboxPool
 
-    import os
     python = SYSTEM_PYTHON if tier == "rlimits" and os.geteuid() == 0 else None
     return SandboxPool(max_workers=2, config=SandboxConfig(tier=tier, python=python, timeout_s=3.0))
 
@@ -128,11 +129,9 @@ def variant_reward(trajs, step):
 
 
 def main(run_dir: str, tier: str, token: str, steps: str, mode: str) -> int:
-    import torch as _t
-
     from tao_lab.trainer import Trainer
 
-    _t.set_num_threads(1)
+    torch.set_num_threads(1)
     model, tok, tasks = build(token)
     pool = sandbox_pool(tier)
 
