@@ -249,6 +249,12 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_export_verl(args) -> int:
+    from .export_verl import run_export
+
+    return run_export(args.run_dir, args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -339,6 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an SFT run from its newest checkpoint")
     sf.add_argument("--quiet-bar", action="store_true")
     sf.set_defaults(fn=cmd_sft)
+
+    xv = sub.add_parser("export-verl", help="a run's config as the verl command / config file (plugins/verl)")
+    xv.add_argument("run_dir", help="a run folder (its config.json)")
+    xv.add_argument("--out", default=None, metavar="FILE", help="also write a standalone verl YAML config here")
+    xv.set_defaults(fn=cmd_export_verl)
     return p
 
 
