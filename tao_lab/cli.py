@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     xv = sub.add_parser("export-verl", help="a run's config as the verl command / config file (plugins/verl)")
     xv.add_argument("run_dir", help="a run folder (its config.json)")
     xv.add_argument("--out", default=None, metavar="FILE", help="also write a standalone verl YAML config here")
-    xv.set_defaults(fn=cmd_export_verl)
+    xv.set_defaults(fn=cmd_export_verl, threads_note=False)  # stdout is a script: no thread note
     return p
 
 
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tao_lab import threads
 
-    threads.apply()  # once, before any model is built (TAO_LAB_THREADS overrides)
+    threads.apply(verbose=getattr(args, "threads_note", True))  # once, before any model is built (TAO_LAB_THREADS overrides)
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -386,6 +386,7 @@ def command(exp: VerlExport, cfg: TrainConfig, config_file: str | None = None) -
     else:
         launch = ["--config-path=$PWD/examples", "--config-name=verl_tao", *map(shlex.quote, exp.overrides())]
     launch += ["data.train_files=$DATA/train.parquet", "data.val_files=$DATA/val.parquet",
+               "actor_rollout_ref.rollout.name=${ENGINE:-vllm}",
                "trainer.n_gpus_per_node=${GPUS:-8}", "trainer.nnodes=${NODES:-1}"]
     return "\n".join([
         f"# tao_lab {cfg.method} run -> verl 0.9.1 + tao_lab_verl (one node; several: `ray start --head` on one,",

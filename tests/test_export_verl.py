@@ -184,6 +184,7 @@ def test_the_cli_without_out_prints_overrides_for_the_example_config(tmp_path, c
     run = _run_dir(tmp_path, make_config("test_tiny", "grpo", ["model.name=Qwen/Qwen2.5-1.5B-Instruct"]))
     assert cli.main(["export-verl", str(run)]) == 0
     out, err = capsys.readouterr()
+    assert out.startswith("# tao_lab grpo run")  # stdout is a script: no thread note before it
     assert "--config-name=verl_tao" in out and "algorithm.filter_groups.enable=false" in out
     assert "'actor_rollout_ref.actor.optim.betas=[0.9,0.999]'" in out and err == ""
 

@@ -300,3 +300,27 @@ def test_the_dataset_command_export_verl_prints_writes_the_runs_protocol(tmp_pat
     df = pd.read_parquet(tmp_path / "t.parquet")
     system = df.prompt[0][0]["content"]
     assert len(df) == 2 and "<python>" in system and "```python" not in system
+
+
+def test_the_printed_launch_line_parses_through_bash_and_verls_own_entry_point(tmp_path):
+    """The script `tao-lab export-verl` prints, run as a user would (bash, then verl's main_ppo
+    Hydra CLI) up to the composed config (`--cfg job` prints it instead of training)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from tao_lab.export_verl import KNOBS, command, export_verl, flatten, import_verl
+    from tao_lab.trainer import TrainConfig
+
+    cfg = _tuned_run_config()
+    script = command(export_verl(cfg), cfg).replace(".venv-verl/bin/python", sys.executable)
+    launch = "\n".join(line for line in script.splitlines() if "tao_lab_verl.dataset" not in line)
+    proc = subprocess.run(["bash", "-c", launch.rstrip() + " --cfg job"], cwd=EXAMPLE.parents[1],
+                          env={**__import__("os").environ, "DATA": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    composed = yaml.safe_load(proc.stdout)
+    assert composed["actor_rollout_ref"]["rollout"]["name"] == "vllm"
+    assert composed["data"]["train_files"] == f"{tmp_path}/train.parquet"
+    back = import_verl(flatten(composed), TrainConfig())
+    assert {k.name: k.get(back) for k in KNOBS} == {k.name: k.get(cfg) for k in KNOBS}
