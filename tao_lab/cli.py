@@ -357,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tao_lab import threads
 
-    threads.apply(verbose=getattr(args, "threads_note", True))  # once, before any model is built (TAO_LAB_THREADS overrides)
+    # once, before any model is built (TAO_LAB_THREADS overrides)
+    threads.apply(verbose=getattr(args, "threads_note", True))
     try:
         return args.fn(args)
     except KeyboardInterrupt:

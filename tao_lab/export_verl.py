@@ -17,9 +17,10 @@ Carried (tao_lab field -> verl key):
     Filter B on/off -> algorithm.filter_groups.enable (verl's group filter on the binary acc);
         filter.max_rounds -> filter_groups.max_num_gen_batches
     Filter A mask/off -> tao.filter_a_mode
-    loss: clip low/high, dual clip c (off = a c so large it never binds [recon]), aggregation,
+    loss: clip low/high, dual clip c (off = NEVER_BINDS [recon]), aggregation,
         KL k3 (= verl's low_var_kl on the actor loss), entropy coefficient
-    optim: lr, weight decay, Adam betas, grad clip; adv_std unbiased/none -> norm_adv_by_std_in_grpo
+    optim: lr, weight decay, Adam betas, grad clip (0 = off = NEVER_BINDS)
+    update: adv_std unbiased/none -> algorithm.norm_adv_by_std_in_grpo
 What verl can't carry is listed by `not_carried(cfg)` with the reason (the CLI prints it on stderr);
 the exported value is then the nearest reachable one (e.g. Filter A drop -> mask).
 """
@@ -35,7 +36,8 @@ from typing import Any, Callable, Mapping
 
 from .trainer import TrainConfig, config_from_dict
 
-DUAL_CLIP_OFF = 1e9   # verl always applies the dual clip; a c this large never binds ([recon]: tao_lab's None)
+NEVER_BINDS = 1e9  # verl always applies the dual clip and the grad clip (max_norm 0 would zero the grads):
+                   # a bound this large never binds, which is tao_lab's "off" (None / 0) [recon]
 HF_IDS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}  # bundled name -> the id a cluster loads
 AGG = {"token_mean": "token-mean", "seq_mean_token_mean": "seq-mean-token-mean", "drgrpo": "seq-mean-token-sum-norm"}
 STD = {"unbiased": True, "none": False}  # verl GRPO: torch.std (unbiased) per group, or no division
@@ -188,8 +190,8 @@ KNOBS: list[Knob] = [
     same("clip low", "loss.eps_low", f"{ACT}.clip_ratio_low", cast=float),
     same("clip high", "loss.eps_high", f"{ACT}.clip_ratio_high", cast=float),
     Knob("dual clip c", "loss.dual_clip", (f"{ACT}.clip_ratio_c",), _get("loss.dual_clip"), _put("loss.dual_clip"),
-         lambda c: {f"{ACT}.clip_ratio_c": DUAL_CLIP_OFF if c is None else c},
-         lambda f: None if f[f"{ACT}.clip_ratio_c"] >= DUAL_CLIP_OFF else float(f[f"{ACT}.clip_ratio_c"])),
+         lambda c: {f"{ACT}.clip_ratio_c": NEVER_BINDS if c is None else c},
+         lambda f: None if f[f"{ACT}.clip_ratio_c"] >= NEVER_BINDS else float(f[f"{ACT}.clip_ratio_c"])),
     Knob("loss aggregation", "loss.agg", (f"{ACT}.loss_agg_mode",), _get("loss.agg"), _put("loss.agg"),
          lambda a: {f"{ACT}.loss_agg_mode": AGG[a]}, _inverse(AGG, f"{ACT}.loss_agg_mode")),
     same("Dr. GRPO normaliser", "loss.max_len", f"{ACT}.loss_scale_factor"),
@@ -200,7 +202,10 @@ KNOBS: list[Knob] = [
     same("weight decay", "optim.weight_decay", f"{ACT}.optim.weight_decay", cast=float),
     Knob("Adam betas", "optim.betas", (f"{ACT}.optim.betas",), _get("optim.betas"), _put("optim.betas"),
          lambda b: {f"{ACT}.optim.betas": list(b)}, lambda f: tuple(float(x) for x in f[f"{ACT}.optim.betas"])),
-    same("grad clip", "optim.grad_clip", f"{ACT}.optim.clip_grad", cast=float),
+    Knob("grad clip", "optim.grad_clip", (f"{ACT}.optim.clip_grad", f"{ACT}.grad_clip"), _get("optim.grad_clip"),
+         _put("optim.grad_clip"),
+         lambda g: dict.fromkeys((f"{ACT}.optim.clip_grad", f"{ACT}.grad_clip"), g or NEVER_BINDS),
+         lambda f: 0.0 if f[f"{ACT}.optim.clip_grad"] >= NEVER_BINDS else float(f[f"{ACT}.optim.clip_grad"])),
     Knob("std normalisation", "update.adv_std", ("algorithm.norm_adv_by_std_in_grpo",), _get("update.adv_std"),
          _put("update.adv_std"), lambda s: {"algorithm.norm_adv_by_std_in_grpo": STD.get(s, True)},
          _inverse(STD, "algorithm.norm_adv_by_std_in_grpo")),

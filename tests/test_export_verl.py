@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tao_lab import cli
-from tao_lab.export_verl import (DUAL_CLIP_OFF, FIXED, KNOBS, export_verl, flatten, hydra_value, import_verl,
+from tao_lab.export_verl import (NEVER_BINDS, FIXED, KNOBS, export_verl, flatten, hydra_value, import_verl,
                                  load_run_config, not_carried)
 from tao_lab.methods.arms import ARMS
 from tao_lab.presets import make_config
@@ -60,12 +60,15 @@ def test_a_knob_round_trips_through_verl_with_a_non_default_value(name):
     assert carried(back) == carried(cfg)
 
 
-def test_the_special_values_round_trip_lora_off_dual_clip_off_and_filter_a_off():
+def test_the_off_values_round_trip_lora_dual_clip_grad_clip_and_filter_a():
     cfg = KNOB["Filter A"].put(KNOB["dual clip c"].put(KNOB["LoRA rank"].put(BASE, 0), None), "off")
+    cfg = KNOB["grad clip"].put(cfg, 0.0)
     flat = export_verl(cfg).flat
-    assert flat["actor_rollout_ref.model.lora_rank"] == 0 and flat["actor_rollout_ref.actor.clip_ratio_c"] == DUAL_CLIP_OFF
+    assert flat["actor_rollout_ref.model.lora_rank"] == 0 and flat["actor_rollout_ref.actor.clip_ratio_c"] == NEVER_BINDS
+    assert flat["actor_rollout_ref.actor.optim.clip_grad"] == NEVER_BINDS  # verl's max_norm 0 would zero the grads
     back = import_verl(flat, TrainConfig())
     assert not back.model.lora and back.loss.dual_clip is None and "filter_a" not in back.filter.rules
+    assert back.optim.grad_clip == 0.0
 
 
 def test_the_kl_knob_writes_verls_low_var_kl_and_refuses_another_estimator():
