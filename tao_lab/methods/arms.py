@@ -14,6 +14,8 @@ method changes:
                   so `filter.rules` + filter_a reproduces the code), gate on all tokens, z over the
                   micro-batch, no detach, a micro-batch without gated tokens reshapes all of them
     dapo          GRPO + DAPO dynamic sampling: Filter B, then fresh prompts until B groups survive
+    toolexpander  GRPO, no KL, lr_0·γ^t, +0.01 self-example bonus; hard tasks (0 of N correct) get
+                  few-shot-augmented prompts (methods/toolexpander.py)
 
 HOOKS[name](cfg, tasks, tok) -> hooks.MethodHooks gives an arm its prompt source, reward and
 advantage replacements; an arm without an entry runs the loop's defaults.
@@ -25,6 +27,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..advantages import ShapingConfig
+from .toolexpander import toolexpander_arm
 
 
 def grpo(cfg):
@@ -59,10 +62,12 @@ def dapo(cfg):
 
 ARMS: dict[str, Callable] = {
     "grpo": grpo, "simpletir": simpletir, "tao": tao, "tao_code": tao_code, "dapo": dapo,
+    "toolexpander": toolexpander_arm,
 }
 
 # name -> build(cfg, tasks, tok) -> hooks.MethodHooks (imported lazily: method files may be heavy)
 HOOKS: dict[str, str] = {}
+HOOKS["toolexpander"] = ".toolexpander:build_hooks"
 
 
 def method_hooks(cfg, tasks, tok):
