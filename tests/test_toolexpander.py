@@ -204,14 +204,21 @@ def test_config_rejects_bad_values_naming_the_field():
         ToolExpanderConfig(hard_rollouts=0)
 
 
-def test_trainer_runs_method_toolexpander_on_test_tiny_with_exponential_lr(tmp_path):
+def tiny_policy(cfg, tok):
+    """A fresh tiny random Llama + LoRA (the test_tiny model) over the session's tokenizer."""
+    from tao_lab.models import finish_policy, tiny_model
+    return finish_policy(tiny_model(vocab_size=len(tok), seed=cfg.seed), replace(cfg.model, seed=cfg.seed))
+
+
+def test_trainer_runs_method_toolexpander_on_test_tiny_with_exponential_lr(tmp_path, smol_tokenizer):
     from tao_lab.trainer import Trainer
 
     cfg = make_config("test_tiny", "toolexpander", ["run.steps=3", "toolexpander.hard_rollouts=2",
                                                     "data.limit=2", "rollout.max_new_tokens=8"])
     assert cfg.loss.beta == 0 and cfg.reward.self_example_bonus == 0.01 and cfg.optim.schedule == "exponential"
     torch.set_num_threads(1)
-    with Trainer(cfg, tmp_path / "run") as tr:
+    tok = smol_tokenizer
+    with Trainer(cfg, tmp_path / "run", model=tiny_policy(cfg, tok), tok=tok) as tr:
         assert isinstance(tr.prompt_source, HardSampleSource)
         logs = tr.train()
         state = tr.state.source
@@ -221,6 +228,6 @@ def test_trainer_runs_method_toolexpander_on_test_tiny_with_exponential_lr(tmp_p
     assert logs[0].metrics["source/replaced"] == 2 and logs[1].metrics["source/replaced_in_batch"] == 2
     assert math.isclose(logs[1].metrics["source/all_wrong_replaced"], 1.0)
     assert len(state["rounds"]) == 3 and set(state["replaced"]) == {t.id for t in tr.tasks}
-    resumed = Trainer.resume(tmp_path / "run", steps=3)
+    resumed = Trainer.resume(tmp_path / "run", steps=3, model=tiny_policy(cfg, tok), tok=tok)
     assert resumed.prompt_source.state_dict() == state
     resumed.close()

@@ -334,5 +334,5 @@ def build_hooks(cfg, tasks, tok):
         from .. import bfcl
 
         return MethodHooks(prompt_source=HardSampleSource(tasks, tok, cfg, demo_pool=bfcl.demos(tasks)),
-                           reward_fn=bfcl.make_reward_fn(cfg.reward.self_example_bonus))
+                           reward_fn=bfcl.make_reward_fn(tasks, cfg.reward.self_example_bonus))
     return MethodHooks(prompt_source=HardSampleSource(tasks, tok, cfg))
