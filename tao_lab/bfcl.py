@@ -482,6 +482,19 @@ def make_reward_fn(tasks: Sequence, self_example_bonus: float = 0.0):
     return reward_fn
 
 
+_TASKS_BY_ID: dict[str, Any] = {}
+
+
+def reward_fn(trajs, step):
+    """`make_reward_fn` over every BFCL question (both splits, loaded once), no self-example bonus:
+    for `GridSpec.reward_fn = "tao_lab.bfcl:reward_fn"`, which gives every arm of a BFCL grid the
+    same function-calling reward (the loop's default, rewards.score, reads \\boxed answers)."""
+    if not _TASKS_BY_ID:
+        wheel = fetch_wheel()
+        _TASKS_BY_ID.update({t.id: t for split in ("train", "test") for t in load_bfcl("bfcl", split, wheel)})
+    return make_reward_fn(list(_TASKS_BY_ID.values()))(trajs, step)
+
+
 def category_accuracy(trajs: Sequence, tasks: Sequence) -> dict[str, float]:
     """eval/bfcl/<category>: the share of correct samples per category (after a reward_fn ran)."""
     cat = {t.id: t.meta["category"] for t in tasks if is_bfcl(t)}

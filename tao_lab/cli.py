@@ -272,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
     t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
-    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code")
+    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code | dapo | toolexpander")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")

@@ -292,3 +292,13 @@ def test_the_checker_agrees_with_the_wheels_own_on_every_question():
     assert n > 5000 and not disagree, disagree[:3]
     sizes = {c: len(bfcl.read_category(path, c)) for c in bfcl.CATEGORIES}
     assert sizes == {"simple_python": 400, "multiple": 200, "parallel": 200, "parallel_multiple": 200}
+
+
+def test_the_grid_reward_fn_finds_any_bfcl_question(wheel, monkeypatch):
+    from tao_lab.records import Trajectory
+    monkeypatch.setenv("TAO_LAB_BFCL_WHEEL", str(wheel))
+    monkeypatch.setattr(bfcl, "_TASKS_BY_ID", {})
+    tasks = bfcl.load_bfcl("bfcl", "train", wheel) + bfcl.load_bfcl("bfcl", "test", wheel)
+    trajs = [Trajectory(t.id, i, [], [], [], [], [], [], [], text=gold_text(t)) for i, t in enumerate(tasks)]
+    rewards, m = bfcl.reward_fn(trajs, 0)
+    assert rewards == [4.0] * len(tasks) and m["reward/accuracy"] == 1.0

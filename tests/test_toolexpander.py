@@ -231,3 +231,13 @@ def test_trainer_runs_method_toolexpander_on_test_tiny_with_exponential_lr(tmp_p
     resumed = Trainer.resume(tmp_path / "run", steps=3, model=tiny_policy(cfg, tok), tok=tok)
     assert resumed.prompt_source.state_dict() == state
     resumed.close()
+
+
+@pytest.mark.parametrize("name", ["toolexpander_vs_grpo", "toolexpander_vs_grpo_bfcl"])
+def test_the_experiment_grids_build_their_cells(name, tmp_path):
+    from pathlib import Path
+    from tao_lab.grid import load_spec, make_cell_config
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / f"{name}.toml")
+    cfgs = {a.name: make_cell_config(spec, a, 0, tmp_path) for a in spec.arms}
+    assert cfgs["grpo"].optim.schedule == "constant" and cfgs["toolexpander"].optim.schedule == "exponential"
+    assert cfgs["toolexpander"].data.tasks == cfgs["grpo"].data.tasks
