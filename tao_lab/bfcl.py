@@ -83,7 +83,8 @@ def _json_lines(zf: zipfile.ZipFile, member: str) -> list[dict]:
     try:
         raw = zf.read(member).decode("utf-8")
     except KeyError:
-        raise FileNotFoundError(f"{zf.filename} has no {member}: not a bfcl-eval wheel of the expected layout") from None
+        raise FileNotFoundError(f"{zf.filename} has no {member}: not a bfcl-eval wheel of the expected "
+                                "layout") from None
     return [json.loads(line) for line in raw.splitlines() if line.strip()]
 
 
@@ -91,9 +92,14 @@ def read_category(wheel: str | Path, category: str) -> list[dict]:
     """A category's questions, each with its `ground_truth` (possible answers), read from the zip."""
     if category not in CATEGORIES:
         raise ValueError(f"BFCL category {category!r}: choose from {CATEGORIES}")
-    with zipfile.ZipFile(wheel) as zf:
-        questions = _json_lines(zf, f"{DATA_PREFIX}BFCL_v4_{category}.json")
-        answers = {a["id"]: a["ground_truth"] for a in _json_lines(zf, f"{DATA_PREFIX}possible_answer/BFCL_v4_{category}.json")}
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            questions = _json_lines(zf, f"{DATA_PREFIX}BFCL_v4_{category}.json")
+            gold = _json_lines(zf, f"{DATA_PREFIX}possible_answer/BFCL_v4_{category}.json")
+    except zipfile.BadZipFile:
+        raise ValueError(f"{wheel} is not a zip file: delete it and let fetch_wheel() download the wheel "
+                         "again") from None
+    answers = {a["id"]: a["ground_truth"] for a in gold}
     missing = [q["id"] for q in questions if q["id"] not in answers]
     if missing:
         raise ValueError(f"{wheel}: {len(missing)} {category} questions have no possible answer (first {missing[0]})")
@@ -263,7 +269,8 @@ def _value_check(name: str, value, options: list, schema: dict) -> Verdict:
     """One parameter against its schema entry and allowed values (BFCL's simple_function_checker body)."""
     decl = schema.get("type")
     if decl not in PY_TYPES:
-        return Verdict(False, "type_error:unknown_declared_type", f"schema type {decl!r} of {name!r} is not a Python BFCL type")
+        return Verdict(False, "type_error:unknown_declared_type",
+                       f"schema type {decl!r} of {name!r} is not a Python BFCL type")
     expected = PY_TYPES[decl]
     nested = PY_TYPES.get((schema.get("items") or {}).get("type")) if decl in NESTED_TYPES else None
     if decl == "float" and type(value) is int:
@@ -273,9 +280,11 @@ def _value_check(name: str, value, options: list, schema: dict) -> Verdict:
         return Verdict(False, "type_error:simple", f"{name!r}: expected {decl}, got {type(value).__name__} {value!r}")
     if not is_variable:
         if expected is dict:
-            return OK if _dict_ok(value, options) else Verdict(False, "value_error:dict", f"{name!r}: {value!r} not allowed")
+            ok = _dict_ok(value, options)
+            return OK if ok else Verdict(False, "value_error:dict", f"{name!r}: {value!r} not allowed")
         if expected is list and nested is dict:
-            return OK if _list_dict_ok(value, options) else Verdict(False, "value_error:list_dict", f"{name!r}: {value!r} not allowed")
+            ok = _list_dict_ok(value, options)
+            return OK if ok else Verdict(False, "value_error:list_dict", f"{name!r}: {value!r} not allowed")
         if expected is str:
             allowed = [standardize(a) for a in options if isinstance(a, str)]
             return OK if standardize(value) in allowed else Verdict(
@@ -543,7 +552,8 @@ SAMPLE = {
          [{"book_table": {"restaurant": ["Sakura"], "people": [2], "time": ["20:00", "8 pm", "8pm"]}}]),
     ],
     "multiple": [
-        ([_BOOK, _STOCK], "What is Apple's stock price?", [{"stock_price": {"ticker": ["AAPL"], "currency": ["", "USD"]}}]),
+        ([_BOOK, _STOCK], "What is Apple's stock price?",
+         [{"stock_price": {"ticker": ["AAPL"], "currency": ["", "USD"]}}]),
     ],
     "parallel": [
         ({"name": "get_weather", "description": "Current weather of a city.",
@@ -552,7 +562,8 @@ SAMPLE = {
               "days": {"type": "array", "items": {"type": "integer"}, "description": "Forecast days."}},
               "required": ["city"]}},
          "What is the weather in Paris and in Tokyo?",
-         [{"get_weather": {"city": ["Paris"], "days": ["", [0]]}}, {"get_weather": {"city": ["Tokyo"], "days": ["", [0]]}}]),
+         [{"get_weather": {"city": ["Paris"], "days": ["", [0]]}},
+          {"get_weather": {"city": ["Tokyo"], "days": ["", [0]]}}]),
     ],
     "parallel_multiple": [
         ([_BOOK, _STOCK], "Get the stock price of Tesla and book a table for 3 at Nopa at 6 pm.",

@@ -56,6 +56,19 @@ def test_categories_load_from_the_zip_with_a_split_that_never_shares_a_question(
         bfcl.read_category(wheel, "live_simple")
 
 
+def test_a_broken_or_foreign_zip_is_refused_with_a_clear_error(tmp_path):
+    import zipfile
+    junk = tmp_path / "junk.whl"
+    junk.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a zip file"):
+        bfcl.read_category(junk, "simple_python")
+    other = tmp_path / "other.whl"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("x.txt", "x")
+    with pytest.raises(FileNotFoundError, match="not a bfcl-eval wheel"):
+        bfcl.read_category(other, "simple_python")
+
+
 # -- the call protocol
 
 

@@ -16,8 +16,8 @@ from tao_lab.methods.toolexpander import (SELF_EXAMPLE_INSTRUCTION, HardSampleSo
                                           self_example_check)
 from tao_lab.presets import make_config
 from tao_lab.rewards import score
-from tao_lab.rollout import RolloutConfig, generate
-from tao_lab.tasks import Task, load_tasks
+from tao_lab.rollout import generate
+from tao_lab.tasks import load_tasks
 
 
 class DemoGatedPolicy(torch.nn.Module):

@@ -182,7 +182,8 @@ class HardSampleSource:
         shown = {m["content"] for m in messages[1:-1] if m["role"] == "user"}
         for d in extra:                 # [recon] the added demonstrations sit right before the question
             if d.prompt not in shown:
-                messages[-1:-1] = [{"role": "user", "content": d.prompt}, {"role": "assistant", "content": d.completion}]
+                messages[-1:-1] = [{"role": "user", "content": d.prompt},
+                                   {"role": "assistant", "content": d.completion}]
         return messages
 
     def _render(self, messages) -> str:
