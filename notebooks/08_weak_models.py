@@ -55,7 +55,7 @@ plots.use_offline_renderer()                      # charts as SVG: no network, n
 torch.manual_seed(0)
 
 model, tok = load_policy("smollm2-135m", lora=False)
-model.eval()
+model = model.eval()
 
 # %% [markdown]
 # ## 1. All-wrong groups give zero advantages
@@ -112,9 +112,10 @@ print(f"{len(all_wrong)} of {groups.ngroups} groups are all wrong: their advanta
 # %%
 for step in (2, 3):
     batch, _, metrics = run_round(step)
-    print(f"round {step}: {int(batch.info['source/replaced_in_batch'])} replaced prompts in the batch, "
-          f"all-wrong rate plain {metrics['source/all_wrong_plain']:.2f}"
-          + (f", replaced {metrics['source/all_wrong_replaced']:.2f}" if "source/all_wrong_replaced" in metrics else ""))
+    rates = {kind: metrics[f"source/all_wrong_{kind}"] for kind in ("plain", "replaced")
+             if f"source/all_wrong_{kind}" in metrics}
+    print(f"round {step}: {int(batch.info['source/replaced_in_batch'])} of {len(tasks)} prompts replaced; "
+          "all-wrong group rate " + ", ".join(f"{k} {v:.2f}" for k, v in rates.items()))
 rounds = pd.DataFrame(source.rounds)
 display(rounds)
 assert len(rounds) == 3 and rounds["hard"].iloc[0] == len(all_wrong)

@@ -253,8 +253,9 @@ class HardSampleSource:
         cur["all_wrong_plain"] += sum(not any(v) for v in plain if v)
         cur["groups_replaced"] += len(augmented)
         cur["all_wrong_replaced"] += sum(not any(v) for v in augmented if v)
-        metrics = {"source/all_wrong_rate": all_wrong_rate(plain + augmented),
-                   "source/all_wrong_plain": all_wrong_rate(plain)}
+        metrics = {"source/all_wrong_rate": all_wrong_rate(plain + augmented)}
+        if plain:                      # a rate over no groups would read as "none all wrong"
+            metrics["source/all_wrong_plain"] = all_wrong_rate(plain)
         if augmented:
             metrics["source/all_wrong_replaced"] = all_wrong_rate(augmented)
         if step % self.tx.round_steps == 0:
