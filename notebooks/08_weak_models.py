@@ -46,6 +46,7 @@ from tao_lab.models import load_policy
 from tao_lab.presets import make_config
 from tao_lab.rewards import score
 from tao_lab.rollout import generate
+from tao_lab.sandbox import SandboxConfig, SandboxPool
 from tao_lab.tasks import load_tasks
 from tao_lab.tokenview import TokenView
 from tao_lab.update import compute_advantages
@@ -73,7 +74,8 @@ cfg = make_config("cpu_demo", "toolexpander", [
 print(f"arm {cfg.method}: KL beta {cfg.loss.beta}, LR schedule {cfg.optim.schedule} (γ = {cfg.optim.gamma}), "
       f"self-example bonus {cfg.reward.self_example_bonus}, clip {cfg.loss.eps_low}/{cfg.loss.eps_high} "
       "(the paper's clip values are not published)")
-ro = replace(cfg.rollout, seed=0, tools=False)   # answers are short numbers; no sandbox needed here
+ro = replace(cfg.rollout, seed=0)
+sandbox = SandboxPool(config=SandboxConfig(timeout_s=3.0))   # the model's Python calls run here
 tasks = load_tasks("arith-L4", split="train", limit=N_TASKS)
 source = HardSampleSource(tasks, tok, cfg)
 history = {}                                     # step -> (batch, trajectories)
@@ -82,7 +84,7 @@ history = {}                                     # step -> (batch, trajectories)
 def run_round(step):
     """One step of the loop without the update: draw, roll out, verify, observe."""
     batch = source.next_batch(step, len(tasks))
-    out, _ = generate(model, tok, batch.tasks, replace(ro, seed=step), prompts=batch.prompts)
+    out, _ = generate(model, tok, batch.tasks, replace(ro, seed=step), pool=sandbox, prompts=batch.prompts)
     score(out, cfg.reward)
     history[step] = (batch, out)
     return batch, out, source.observe(step, batch, out)
@@ -126,6 +128,11 @@ alt.Chart(long, title="The hard set over rounds").mark_line(point=True).encode(
     x=alt.X("round:O"), y=alt.Y("value:Q", title="tasks"), color="count:N")
 
 # %% [markdown]
+# A 135M model without training is rarely right even with demonstrations, so at this size the pool
+# seldom shrinks here: a task leaves it when one augmented rollout is correct, which in a real run
+# is what the updates make possible (tests/test_toolexpander.py shows the revert with a policy that
+# is right exactly when it sees demonstrations).
+#
 # ## 3. One hard task before and after replacement
 # The same task in round 1 with its plain prompt and in round 2, after round 1 found it hard, with k
 # demonstrations of its kind placed before the question. The coloured tokens are the model's
@@ -183,7 +190,7 @@ except RuntimeError as err:
 question_task = bfcl.load_bfcl("bfcl:simple_python", "test", wheel)[0]
 print(question_task.prompt[:400])
 episode, _ = generate(model, tok, [question_task],
-                      replace(ro, group_size=1, max_new_tokens=64 if SMOKE else 160, template="zero_shot", seed=3))
+                      replace(ro, group_size=1, max_new_tokens=64 if SMOKE else 160, tools=False, seed=3))
 result = bfcl.score_text(episode[0].text, question_task)
 print("\nmodel wrote:", episode[0].text[:300])
 print("verdict:", result.verdict)
@@ -191,6 +198,7 @@ print(f"reward: R_format {result.r_format} + R_correct {result.r_correct:+.2f} =
 print("a correct answer:", bfcl.gold_text(question_task))
 gold = bfcl.score_text(bfcl.gold_text(question_task), question_task)
 assert gold.verdict.valid and gold.reward == 4.0
+sandbox.close()
 TokenView(episode[0], tok)
 
 # %% [markdown]
