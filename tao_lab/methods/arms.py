@@ -14,6 +14,8 @@ method changes:
                   so `filter.rules` + filter_a reproduces the code), gate on all tokens, z over the
                   micro-batch, no detach, a micro-batch without gated tokens reshapes all of them
     dapo          GRPO + DAPO dynamic sampling: Filter B, then fresh prompts until B groups survive
+    e3tir         GRPO switches; expert-anchor prompt source, dynamic boundary and mixed advantage
+                  with shared-prefix detaching come from its hooks (methods/e3tir.py)
     toolexpander  GRPO, no KL, lr_0·γ^t, +0.01 self-example bonus; hard tasks (0 of N correct) get
                   few-shot-augmented prompts (methods/toolexpander.py)
 
@@ -27,6 +29,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..advantages import ShapingConfig
+from .e3tir import e3tir_arm
 from .toolexpander import toolexpander_arm
 
 
@@ -62,11 +65,13 @@ def dapo(cfg):
 
 ARMS: dict[str, Callable] = {
     "grpo": grpo, "simpletir": simpletir, "tao": tao, "tao_code": tao_code, "dapo": dapo,
+    "e3tir": e3tir_arm,
     "toolexpander": toolexpander_arm,
 }
 
 # name -> build(cfg, tasks, tok) -> hooks.MethodHooks (imported lazily: method files may be heavy)
 HOOKS: dict[str, str] = {}
+HOOKS["e3tir"] = ".e3tir:build_hooks"
 HOOKS["toolexpander"] = ".toolexpander:build_hooks"
 
 
