@@ -126,6 +126,8 @@ def test_round_steps_delays_the_check_to_the_round_boundary(arith):
     assert "source/hard" not in m1 and not src.replaced and not src.rounds
     _, _, m2 = step(src, policy, cfg, 2)
     assert m2["source/replaced"] == 2 and len(src.rounds) == 1 and src.rounds[0]["all_wrong_plain"] == 1.0
+    _, _, m3 = step(src, policy, cfg, 2)                 # observed again in the same step: no new round
+    assert "source/hard" not in m3 and len(src.rounds) == 1
 
 
 def test_replace_hard_off_only_tracks_hardness(arith):

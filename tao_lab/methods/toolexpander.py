@@ -258,7 +258,8 @@ class HardSampleSource:
             metrics["source/all_wrong_plain"] = all_wrong_rate(plain)
         if augmented:
             metrics["source/all_wrong_replaced"] = all_wrong_rate(augmented)
-        if step % self.tx.round_steps == 0:
+        closed = bool(self.rounds) and self.rounds[-1]["step"] == step   # a refill loop observes twice
+        if step % self.tx.round_steps == 0 and not closed:
             metrics.update(self.check_round(step))
         return metrics
 
