@@ -4,11 +4,15 @@ the Trainer, and the flywheel's operations on a scripted policy in the real sand
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import pytest
 
 from tao_lab import behaviour as B
+from tao_lab.methods import et_agent as E
 from tao_lab.records import ToolCall, Trajectory
+from train_helpers import one_thread  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,3 +114,162 @@ def test_radar_frame_closes_each_polygon_points_axis_zero_up_and_scores_the_best
     spec = B.radar_chart(table).to_dict()
     assert "layer" in spec
     assert B.behaviour_bars(table).to_dict()["facet"]
+
+
+# ----------------------------------------------------------------------------------------------
+# NSGA-II on hand-made points, the post-filter, the selection
+
+
+POINTS = np.array([(3, 0), (2.5, 1), (1, 2), (0, 3), (1, 1), (0, 0), (2, 0.5)], dtype=float)
+
+
+def test_nondominated_fronts_of_a_hand_made_point_set():
+    assert E.dominates((2.5, 1), (1, 1)) and not E.dominates((1, 1), (1, 1)) and not E.dominates((3, 0), (0, 3))
+    assert E.nondominated_fronts(POINTS) == [[0, 1, 2, 3], [4, 6], [5]]
+
+
+def test_crowding_distance_boundaries_are_infinite_inner_points_sum_normalised_gaps():
+    d = E.crowding_distance(POINTS[[0, 1, 2, 3]])
+    # obj 0 sorted 0, 1, 2.5, 3 (range 3); obj 1 sorted 0, 1, 2, 3 (range 3)
+    assert np.isinf(d[0]) and np.isinf(d[3])
+    assert d[1] == pytest.approx((3 - 1) / 3 + (2 - 0) / 3) and d[2] == pytest.approx((2.5 - 0) / 3 + (3 - 1) / 3)
+    flat = E.crowding_distance(np.array([(1, 0), (2, 0), (4, 0), (5, 0)], dtype=float))   # obj 1 skipped
+    assert np.isinf(flat[0]) and np.isinf(flat[3]) and flat[1] == pytest.approx(3 / 4) and flat[2] == pytest.approx(3 / 4)
+    assert np.isinf(E.crowding_distance(POINTS[:2])).all()
+
+
+def test_pareto_select_fills_whole_fronts_then_cuts_the_last_by_crowding():
+    assert E.pareto_select(POINTS, 3) == [0, 2, 3]            # both boundaries, then the wider inner point
+    assert E.pareto_select(POINTS, 5) == [0, 1, 2, 3, 4]      # front 1 ties (both inf): lower index
+    assert E.pareto_select(POINTS, 6) == [0, 1, 2, 3, 4, 6] and E.pareto_select(POINTS, 99) == list(range(7))
+
+
+def test_objectives_are_population_variances_and_the_post_filter_keeps_mixed_outcomes():
+    assert E.question_objectives([0, 2], [True, False]) == (1.0, 0.25)
+    assert E.mixed_outcome([True, False]) and not E.mixed_outcome([True, True]) and not E.mixed_outcome([False])
+    stats = {"a": {"calls": [0, 4, 0, 4], "correct": [1, 1, 1, 1]},    # front 0 by calls, never wrong
+             "b": {"calls": [1, 1, 1, 1], "correct": [1, 0, 1, 0]},    # front 0 by correctness
+             "c": {"calls": [1, 2, 1, 2], "correct": [1, 0, 0, 0]},    # front 0, crowded between them
+             "d": {"calls": [1, 1, 1, 1], "correct": [0, 0, 0, 0]}}
+    assert E.select_questions(stats, 2, post_filter=False) == ["a", "b"]   # c's crowding is finite
+    assert E.select_questions(stats, 2) == ["b"]
+    assert E.select_questions(stats, 3) == ["b", "c"]
+    f = E.pareto_frame(stats, 2)
+    assert f.set_index("task_id")["front"].to_dict() == {"a": 0, "b": 0, "c": 0, "d": 1}
+    assert f.selected.tolist() == [False, True, False, False] and f.pareto.tolist() == [True, True, False, False]
+    assert "layer" in E.pareto_chart(f).to_dict() or E.pareto_chart(f).to_dict()["mark"]
+
+
+# ----------------------------------------------------------------------------------------------
+# ParetoSource: probe, select, serve; state round trip
+
+
+@dataclass
+class Q:
+    id: str
+    prompt: str = ""
+    answer: str = ""
+
+
+def probe_rollouts(batch, outcome):
+    """Two rollouts per task; outcome(task_id) -> (calls per rollout, correct per rollout)."""
+    out = []
+    for t in batch.tasks:
+        calls, correct = outcome(t.id)
+        for c, ok in zip(calls, correct):
+            out.append(traj(t.id, ["x", *[_call(f"print({i})", str(i)) for i in range(c)]], ok))
+    return out
+
+
+def mixed_if_even(task_id):
+    i = int(task_id[1:])
+    return ([0, 2], [True, False]) if i % 2 == 0 else ([1, 1], [True, True])
+
+
+def test_pareto_source_probes_selects_serves_and_resumes_exactly():
+    tasks = [Q(f"q{i}") for i in range(8)]
+    cfg = E.EtAgentConfig(stage_steps=4, candidates=4, budget=4)
+    src = E.ParetoSource(tasks, cfg, seed=3)
+    b1 = src.next_batch(1, 2)
+    assert b1.info["source/probe"] == 1 and b1.info["source/stage"] == 0
+    assert src.observe(1, b1, probe_rollouts(b1, mixed_if_even)) == {}
+    b2 = src.next_batch(2, 2)
+    m = src.observe(2, b2, probe_rollouts(b2, mixed_if_even))
+    probed = {t.id for t in b1.tasks + b2.tasks}
+    assert len(probed) == 4 and m["source/probed_questions"] == 4
+    want = sorted(q for q in probed if int(q[1:]) % 2 == 0)      # the mixed ones survive the post-filter
+    assert sorted(tasks[i].id for i in src.state["selected"]) == want and m["source/fallback"] == 0
+    saved = src.state_dict()
+    b3 = src.next_batch(3, 2)
+    assert b3.info["source/probe"] == 0 and {t.id for t in b3.tasks} <= set(want)
+    again = E.ParetoSource(tasks, cfg, seed=3)
+    again.load_state_dict(saved)
+    assert [t.id for t in again.next_batch(3, 2).tasks] == [t.id for t in b3.tasks]
+    b5 = src.next_batch(5, 2)                                     # a new stage probes again
+    assert b5.info["source/stage"] == 1 and b5.info["source/probe"] == 1 and src.state["selected"] is None
+
+
+def test_pareto_source_falls_back_to_the_candidates_when_no_question_has_mixed_outcomes():
+    src = E.ParetoSource([Q(f"q{i}") for i in range(4)], E.EtAgentConfig(candidates=2, budget=2), seed=0)
+    b = src.next_batch(1, 2)
+    m = src.observe(1, b, probe_rollouts(b, lambda q: ([1, 1], [True, True])))
+    assert m["source/fallback"] == 1 and m["source/selected"] == 0
+    assert sorted(src.state["selected"]) == sorted(src.state["candidates"])
+
+
+# ----------------------------------------------------------------------------------------------
+# StageReward: σ annealed within each stage, paper vs code settings
+
+
+def test_stage_reward_anneals_sigma_within_each_stage_and_restarts_it():
+    from tao_lab.rewards import RewardConfig
+
+    paper = E.StageReward(RewardConfig(), E.EtAgentConfig(stage_steps=3))
+    assert [paper.sigmas(s) for s in (1, 2, 3, 4)] == [(0.2, 0.5), (0.1, 0.25), (0.0, 0.0), (0.2, 0.5)]
+    code = E.StageReward(RewardConfig(), E.EtAgentConfig(stage_steps=3, sigmas="code"))
+    assert code.sigmas(1) == (0.0, 0.0)
+    flat = E.StageReward(RewardConfig(), E.EtAgentConfig(stage_steps=3, anneal=False))
+    assert flat.sigmas(3) == (0.2, 0.5)
+
+    def group():       # one group, both correct: 1 call vs 2 calls (the leaner one earns more while σ > 0)
+        code_ = "```python\nprint(6*7)\n```"
+        a = traj("q", [code_, _call("print(6*7)", "42"), " \\boxed{42}"], None)
+        b = traj("q", [code_, _call("print(6*7)", "42"), code_, _call("print(42)", "42"), " \\boxed{42}"], None)
+        for t in (a, b):
+            t.answer = "42"
+        return [a, b]
+
+    g = group()
+    r, m = paper(g, 1)
+    assert r[0] > 1 > r[1] and m["reward/sigma_tool_eff"] == 0.2 and all(t.correct for t in g)
+    g = group()
+    r, m = paper(g, 3)
+    assert r == [1.0, 1.0] and m["reward/stage_step"] == 3
+    assert paper(group(), 4)[0] == paper(group(), 1)[0]
+    with pytest.raises(ValueError, match="EtAgentConfig.sigmas"):
+        E.EtAgentConfig(sigmas="both")
+
+
+# ----------------------------------------------------------------------------------------------
+# The arm in the Trainer (test_tiny): hooks resolved, stages logged, the source checkpointed
+
+
+def test_trainer_runs_the_et_agent_arm_with_its_source_and_stage_reward(tmp_path, one_thread):
+    from tao_lab import trainer as T
+    from tao_lab.presets import make_config
+
+    cfg = make_config("test_tiny", "et_agent", ["run.steps=3", "et_agent.stage_steps=2", "et_agent.candidates=2",
+                                                "et_agent.budget=2"])
+    assert cfg.reward.efficiency and cfg.reward.format_penalty == 1.0 and cfg.filter.rules == ()
+    with T.Trainer(cfg, tmp_path) as tr:
+        assert isinstance(tr.prompt_source, E.ParetoSource) and isinstance(tr.reward_fn, E.StageReward)
+        logs = tr.train()
+    m = [lg.metrics for lg in logs]
+    assert [x["source/stage"] for x in m] == [0, 0, 1] and [x["source/probe"] for x in m] == [1, 0, 1]
+    assert [x["reward/sigma_tool_eff"] for x in m] == [0.2, 0.0, 0.2]
+    assert m[0]["source/probed_questions"] == 2 and "source/fallback" in m[0]
+    # a random tiny model never answers: R = f_fmt = -1 everywhere, and the verifier says wrong
+    assert all(t.reward == -1.0 and t.correct is False for lg in logs for t in lg.trajs)
+    with T.Trainer.resume(tmp_path) as again:                 # the source's state is checkpointed
+        assert again.prompt_source.state_dict() == tr.prompt_source.state_dict()
+        assert again.prompt_source.state["stage"] == 1
