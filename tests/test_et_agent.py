@@ -11,7 +11,8 @@ import pytest
 
 from tao_lab import behaviour as B
 from tao_lab.methods import et_agent as E
-from tao_lab.records import ToolCall, Trajectory
+from fakes import ByteTokenizer, ScriptedPolicy
+from tao_lab.records import RunStore, ToolCall, Trajectory
 from train_helpers import one_thread  # noqa: F401
 
 
@@ -273,3 +274,98 @@ def test_trainer_runs_the_et_agent_arm_with_its_source_and_stage_reward(tmp_path
     with T.Trainer.resume(tmp_path) as again:                 # the source's state is checkpointed
         assert again.prompt_source.state_dict() == tr.prompt_source.state_dict()
         assert again.prompt_source.state["stage"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# The flywheel: every operation on a scripted policy, real sandbox, real verifier
+
+
+class FirstMatchPolicy(ScriptedPolicy):
+    """Writes the first of its prompt's candidate completions that the text so far is a prefix of
+    (tool observations included, as the sandbox prints them), then end-of-sequence. Deterministic:
+    a forced prefix (a cut, a hint) decides which candidate the continuation follows."""
+
+    def _next(self, text):
+        prompt = next(p for p in self.scripts if text.startswith(p))
+        done = text[len(prompt):]
+        for c in self.scripts[prompt]:
+            if c.startswith(done) and len(c) > len(done):
+                return c.encode()[len(done.encode())]
+        return self.tok.eos_token_id
+
+
+CALL42, OBS42 = "```python\nprint(6*7)\n```", "\nCode execution result: 42\n"
+CALLERR, OBSERR = "```python\nprint(1/0)\n```", "\nCode execution result: ZeroDivisionError: division by zero\n"
+HINT = "Wait, let me check this with Python."
+A = CALL42 + OBS42 + "```python\nprint(6 * 7)\n```" + OBS42 + " so \\boxed{42}"        # right, a repeated call
+C = CALL42 + OBS42 + CALLERR + OBSERR + " \\boxed{0}"                                   # wrong after a failed call
+C_HINT = CALL42 + OBS42 + CALLERR + OBSERR + " " + HINT + "\n" + CALL42 + OBS42 + " so \\boxed{42}"
+D, D_HINT = "\\boxed{41}", HINT + "\n" + CALL42 + OBS42 + " so \\boxed{42}"             # no call, wrong
+SCRIPTS = {"Q1: 6*7?\n": [A], "Q2: 6*7?\n": [C, C_HINT], "Q3: 6*7?\n": [D, D_HINT]}
+
+
+def mask_of(*parts):
+    """(text, trainable) pieces -> per-byte mask, + the sampled end-of-sequence token (trainable)."""
+    return [int(m) for text, m in parts for _ in text.encode()] + [1]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    from tao_lab.sandbox import SandboxConfig, SandboxPool
+
+    with SandboxPool(max_workers=2, config=SandboxConfig(timeout_s=2.0)) as p:
+        yield p
+
+
+def make_flywheel(pool, out_dir, rounds=1):
+    from tao_lab.methods.et_agent_flywheel import Flywheel, FlywheelConfig
+    from tao_lab.rollout import RolloutConfig
+
+    tok = ByteTokenizer()
+    tasks = [Q(f"q{i + 1}", p, "42") for i, p in enumerate(SCRIPTS)]
+    rcfg = RolloutConfig(group_size=1, backend="recompute", max_new_tokens=400, max_turns=3)
+    return Flywheel(FirstMatchPolicy(tok, SCRIPTS), tok, tasks, rcfg, FlywheelConfig(rounds=rounds, init_samples=1),
+                    pool=pool, prompts=list(SCRIPTS), out_dir=out_dir)
+
+
+def test_a_flywheel_round_rerolls_cuts_corrects_and_hints_with_exact_masks(pool, tmp_path):
+    fw = make_flywheel(pool, tmp_path).run()
+    f = fw.frame()
+    assert f.groupby("task_id")["op"].apply(list).to_dict() == {
+        "q1": ["initial", "rerollout", "redundancy_cut"], "q2": ["initial", "correction", "hint"],
+        "q3": ["initial", "correction", "hint"]}
+    buf = {q: [e.traj for e in fw.buffers[q]] for q in fw.buffers}
+    assert [t.text for t in buf["q1"]] == [A, A, A] and all(t.correct for t in buf["q1"])
+    # redundancy cut: before the turn of the repeated call; the policy regenerates it in the sandbox
+    cut = buf["q1"][2]
+    assert cut.prefix_len == len((CALL42 + OBS42).encode()) and cut.mask[:cut.prefix_len] == [0] * cut.prefix_len
+    assert cut.tool_calls[0].in_prefix and not cut.tool_calls[1].in_prefix and cut.tool_calls[1].stdout == "42\n"
+    # self-correction: cut before the failed call's turn; the policy repeats it (deterministic), still wrong
+    assert buf["q2"][1].prefix_len == len((CALL42 + OBS42).encode()) and buf["q2"][1].text == C
+    assert not buf["q2"][1].correct and buf["q2"][1].tool_calls[1].status == "error"
+    # hint: cut before the final answer, hint forced, +4 turns let it call again and answer right
+    h2, h3 = buf["q2"][2], buf["q3"][2]
+    assert h2.text == C_HINT and h2.correct and h2.n_tool_calls == 3 and h2.n_turns == 4       # > max_turns=3
+    assert h3.text == D_HINT and h3.correct and h3.prefix_len == len(HINT)
+    assert buf["q3"][1].text == D and buf["q3"][1].prefix_len == 0
+    # phase 1's set: the best correct trajectory per question, its demonstration mask
+    best = fw.best()
+    assert {q: e.op for q, e in best.items()} == {"q1": "initial", "q2": "hint", "q3": "hint"}
+    assert best["q3"].demo_mask == mask_of((HINT + "\n" + CALL42, 1), (OBS42, 0), (" so \\boxed{42}", 1))
+    assert best["q2"].demo_mask == mask_of((CALL42, 1), (OBS42, 0), (CALLERR, 1), (OBSERR, 0),
+                                           (" " + HINT + "\n" + CALL42, 1), (OBS42, 0), (" so \\boxed{42}", 1))
+    sel = RunStore(tmp_path / "selected").read_step_frame(1)
+    assert sorted(sel["op"]) == ["hint", "hint", "initial"] and sel["correct"].all()
+    assert [t.mask for t in fw.sft_examples()] == [e.demo_mask for e in best.values()]
+
+
+def test_the_flywheel_resumes_from_its_stored_rounds(pool, tmp_path):
+    fw = make_flywheel(pool, tmp_path).run()
+    again = make_flywheel(pool, tmp_path, rounds=2)
+    assert again.rounds_done == 1 and again.frame().equals(fw.frame())
+    again.run()
+    f = again.frame()
+    # round 2 expands q3's hinted answer: its one call is used, so there is nothing to cut
+    assert f["round"].max() == 2 and f.groupby("task_id").size().to_dict() == {"q1": 5, "q2": 5, "q3": 4}
+    assert again.skipped == {"redundancy_cut": 1}
+    assert make_flywheel(pool, tmp_path, rounds=2).frame().equals(f)
