@@ -357,6 +357,14 @@ def test_a_flywheel_round_rerolls_cuts_corrects_and_hints_with_exact_masks(pool,
     sel = RunStore(tmp_path / "selected").read_step_frame(1)
     assert sorted(sel["op"]) == ["hint", "hint", "initial"] and sel["correct"].all()
     assert [t.mask for t in fw.sft_examples()] == [e.demo_mask for e in best.values()]
+    # phase 1 hands them to the supervised stage: the NLL covers exactly the demonstration tokens
+    from tao_lab.models import ModelConfig
+    from tao_lab.sft import SFTConfig, SFTRun
+
+    run = SFTRun(SFTConfig(data="flywheel", model=ModelConfig(name="tiny-random", lora_r=4, lora_alpha=8), steps=1,
+                           batch_size=3, micro_batch_size=3, out_dir=str(tmp_path / "sft")), examples=fw.sft_examples())
+    (log,) = run.train()
+    assert math.isfinite(log["loss"]) and log["tokens"] == sum(sum(e.demo_mask) for e in best.values())
 
 
 def test_the_flywheel_resumes_from_its_stored_rounds(pool, tmp_path):

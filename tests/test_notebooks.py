@@ -27,7 +27,7 @@ def test_notebook_is_stored_without_outputs_and_in_sync_with_its_py_twin(name):
 
 
 def test_every_notebook_has_a_headless_run_below():
-    assert ALL == ["01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training"]
+    assert ALL == ["01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training", "07_behaviour"]
 
 
 @pytest.mark.smoke
@@ -60,3 +60,9 @@ def test_notebook_04_entropy_runs_headless_on_the_store_03_wrote(monkeypatch, sh
 def test_notebook_05_training_runs_headless(monkeypatch, tmp_path):
     execute_notebook("05_training", monkeypatch, {"TAO_LAB_RUN_DIR": str(tmp_path / "run")})
     assert (tmp_path / "run" / "report.html").exists()
+
+
+@pytest.mark.smoke
+def test_notebook_07_behaviour_runs_headless(monkeypatch):
+    nb = execute_notebook("07_behaviour", monkeypatch)
+    assert "tl-view" in html_outputs(nb), "the flywheel's token views should render"
