@@ -3,6 +3,7 @@ the Trainer, and the flywheel's operations on a scripted policy in the real sand
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -377,3 +378,27 @@ def test_the_flywheel_resumes_from_its_stored_rounds(pool, tmp_path):
     assert f["round"].max() == 2 and f.groupby("task_id").size().to_dict() == {"q1": 5, "q2": 5, "q3": 4}
     assert again.skipped == {"redundancy_cut": 1}
     assert make_flywheel(pool, tmp_path, rounds=2).frame().equals(f)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline command: flywheel -> SFT -> RL, finished phases skipped on a rerun
+
+
+def test_the_pipeline_runs_its_phases_in_order_and_a_rerun_skips_the_finished_ones(tmp_path, one_thread, capsys):
+    from tao_lab.cli import main
+    from tao_lab.methods.et_agent_pipeline import run_pipeline
+
+    args = ["et-agent", "--preset", "test_tiny", "--questions", "2", "--rounds", "1", "--init-samples", "1",
+            "--out", str(tmp_path), "--quiet-bar", "--set", "et_agent.stages=2", "et_agent.stage_steps=2",
+            "et_agent.candidates=2", "et_agent.budget=2"]
+    assert main(args) == 0
+    state = json.loads((tmp_path / "pipeline.json").read_text())
+    assert state["done"] == ["flywheel", "sft", "rl"]
+    # a random tiny model never answers: no demonstration, so phase 1 is skipped and says why
+    assert "skipped" in state["notes"]["sft"] and "from the base policy" in state["notes"]["rl"]
+    f = RunStore(tmp_path / "flywheel" / "rounds").trajectories()
+    assert sorted(f["op"].unique()) == ["correction", "initial"] and len(f) == 4
+    m = RunStore(tmp_path / "rl").metrics()
+    assert m["step"].tolist() == [1, 2, 3, 4] and m["source/stage"].tolist() == [0, 0, 1, 1]
+    again = run_pipeline(tmp_path, "test_tiny", progress=False)          # every phase done: nothing runs
+    assert again["done"] == state["done"] and len(RunStore(tmp_path / "rl").metrics()) == 4
