@@ -247,6 +247,7 @@ def test_stage_reward_anneals_sigma_within_each_stage_and_restarts_it():
     g = group()
     r, m = paper(g, 3)
     assert r == [1.0, 1.0] and m["reward/stage_step"] == 3
+    assert m["behaviour/calls_mean"] == 1.5 and m["behaviour/redundant_rate"] == 0.0   # both outputs (42) are used
     assert paper(group(), 4)[0] == paper(group(), 1)[0]
     with pytest.raises(ValueError, match="EtAgentConfig.sigmas"):
         E.EtAgentConfig(sigmas="both")

@@ -248,9 +248,9 @@ class ParetoSource:
     records each question's tool-call counts and correctness from `observe`. Once every candidate is
     probed it selects (select_questions) and serves the selection in a seeded order until the stage
     ends. [recon] The probe's rollouts are ordinary training rollouts: they are rewarded and trained
-    on like any other step (the code probes in a separate pass; on one small machine we do not
-    throw a step's rollouts away). If no candidate has mixed outcomes, the stage serves the
-    candidates instead and says so (`source/fallback`).
+    on like any other step (a separate probing pass would cost G more rollouts per candidate,
+    which one small machine cannot spare). If no candidate has mixed outcomes, the stage serves
+    the candidates instead and says so (`source/fallback`).
     """
 
     def __init__(self, tasks, cfg: EtAgentConfig, seed: int):
@@ -353,10 +353,16 @@ class StageReward:
         return annealed_sigma(self.cfg.sigma_tool, s, T), annealed_sigma(self.cfg.sigma_len, s, T)
 
     def __call__(self, trajs, step: int):
+        import math
+
+        from ..behaviour import behaviour_metrics
         from ..rewards import score
 
         rewards, metrics = score(trajs, self.cfg, step=self.local_step(step))
         metrics["reward/stage_step"] = float(self.local_step(step))
+        # the step's behaviour telemetry (a rate over no calls is NaN there: left out, not logged as 0)
+        metrics.update({f"behaviour/{k}": v for k, v in behaviour_metrics(trajs).items()
+                        if k != "n" and not math.isnan(v)})
         return rewards, metrics
 
 
