@@ -403,3 +403,15 @@ def test_the_pipeline_runs_its_phases_in_order_and_a_rerun_skips_the_finished_on
     assert m["step"].tolist() == [1, 2, 3, 4] and m["source/stage"].tolist() == [0, 0, 1, 1]
     again = run_pipeline(tmp_path, "test_tiny", progress=False)          # every phase done: nothing runs
     assert again["done"] == state["done"] and len(RunStore(tmp_path / "rl").metrics()) == 4
+
+
+def test_the_et_agent_grid_spec_builds_a_config_for_every_arm(tmp_path):
+    from pathlib import Path
+
+    from tao_lab.grid import load_spec, make_cell_config
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / "et_agent.toml")
+    cfgs = {a.name: make_cell_config(spec, a, 0, tmp_path / a.name) for a in spec.arms}
+    assert cfgs["grpo"].method == "grpo" and not cfgs["grpo"].reward.efficiency
+    assert cfgs["et_agent"].et_agent.sigmas == "paper" and cfgs["et_agent_sigma0"].et_agent.sigmas == "code"
+    assert all(c.run.steps == c.et_agent.stages * c.et_agent.stage_steps for c in cfgs.values())
