@@ -99,11 +99,12 @@ table
 # %% [markdown]
 # The buffer of one question as token views: grey is forced (a kept prefix, a hint, tool output),
 # coloured is what the policy wrote in that row (colour = entropy). The best entry is phase 1's
-# demonstration when it is correct.
+# demonstration when it is correct. We look at a question the flywheel got right at least once
+# (else the one with the largest buffer).
 
 # %%
-counts = table.groupby("task_id").size()
-q = counts.idxmax()
+solved = table[table.correct].task_id
+q = solved.iloc[0] if len(solved) else table.groupby("task_id").size().idxmax()
 for j, e in enumerate(fw.buffers[q]):
     head = (f"<h4>{q} · entry {j} · op <code>{e.op}</code> · round {e.round} · parent {e.parent} · "
             f"{'correct' if e.traj.correct else 'wrong'}</h4>")
