@@ -359,14 +359,6 @@ def test_a_flywheel_round_rerolls_cuts_corrects_and_hints_with_exact_masks(pool,
     sel = RunStore(tmp_path / "selected").read_step_frame(1)
     assert sorted(sel["op"]) == ["hint", "hint", "initial"] and sel["correct"].all()
     assert [t.mask for t in fw.sft_examples()] == [e.demo_mask for e in best.values()]
-    # phase 1 hands them to the supervised stage: the NLL covers exactly the demonstration tokens
-    from tao_lab.models import ModelConfig
-    from tao_lab.sft import SFTConfig, SFTRun
-
-    run = SFTRun(SFTConfig(data="flywheel", model=ModelConfig(name="tiny-random", lora_r=4, lora_alpha=8), steps=1,
-                           batch_size=3, micro_batch_size=3, out_dir=str(tmp_path / "sft")), examples=fw.sft_examples())
-    (log,) = run.train()
-    assert math.isfinite(log["loss"]) and log["tokens"] == sum(sum(e.demo_mask) for e in best.values())
 
 
 def test_the_flywheel_resumes_from_its_stored_rounds(pool, tmp_path):
@@ -415,3 +407,19 @@ def test_the_et_agent_grid_spec_builds_a_config_for_every_arm(tmp_path):
     assert cfgs["grpo"].method == "grpo" and not cfgs["grpo"].reward.efficiency
     assert cfgs["et_agent"].et_agent.sigmas == "paper" and cfgs["et_agent_sigma0"].et_agent.sigmas == "code"
     assert all(c.run.steps == c.et_agent.stages * c.et_agent.stage_steps for c in cfgs.values())
+
+
+def test_phase_one_fine_tunes_on_the_flywheel_set_and_reports_behaviour_before_and_after(pool, tmp_path, one_thread):
+    from tao_lab.methods.et_agent_pipeline import phase_sft
+    from tao_lab.presets import make_config
+
+    fw = make_flywheel(pool, tmp_path / "flywheel").run()
+    cfg = make_config("test_tiny", "et_agent")          # its tiny random Llama is the policy phase 1 trains
+    note = phase_sft(cfg, tmp_path, fw, ["batch_size=4"], progress=False)
+    sft = RunStore(tmp_path / "sft")
+    assert [t.mask for t in sft.read_step(0)] == [t.mask for t in fw.sft_examples()]   # the demonstration masks
+    assert len(sft.metrics()) == 3 and all(math.isfinite(x) for x in sft.metrics()["loss"])     # ceil(3 epochs x 3 examples / batch 4)
+    assert sft.read_config()["sft"]["schedule"] == "cosine" and sft.read_config()["sft"]["warmup_ratio"] == 0.1
+    report = json.loads((tmp_path / "phase1.json").read_text())
+    assert report["before"]["accuracy"] == pytest.approx(1 / 3) and report["calls_before"] == {"0": 1, "2": 2}
+    assert report["after"]["n"] == 3 and "accuracy" in note

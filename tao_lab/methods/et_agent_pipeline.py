@@ -84,7 +84,7 @@ def phase_sft(cfg, out: Path, fw, sft_overrides: Sequence[str], progress: bool) 
     run.model.eval()
     import torch
     with torch.no_grad():
-        after, _ = generate(run.model, fw.tok, fw.tasks, rcfg)
+        after, _ = generate(run.model, fw.tok, fw.tasks, rcfg, prompts=fw.prompts)
     from ..rewards import mark_correct
     mark_correct(after, cfg.reward)
     report = {"before": behaviour_metrics(before), "after": behaviour_metrics(after),
