@@ -319,7 +319,7 @@ def pool():
         yield p
 
 
-def make_flywheel(pool, out_dir, rounds=1):
+def make_flywheel(pool, out_dir, rounds=1, editor=None):
     from tao_lab.methods.et_agent_flywheel import Flywheel, FlywheelConfig
     from tao_lab.rollout import RolloutConfig
 
@@ -327,7 +327,7 @@ def make_flywheel(pool, out_dir, rounds=1):
     tasks = [Q(f"q{i + 1}", p, "42") for i, p in enumerate(SCRIPTS)]
     rcfg = RolloutConfig(group_size=1, backend="recompute", max_new_tokens=400, max_turns=3)
     return Flywheel(FirstMatchPolicy(tok, SCRIPTS), tok, tasks, rcfg, FlywheelConfig(rounds=rounds, init_samples=1),
-                    pool=pool, prompts=list(SCRIPTS), out_dir=out_dir)
+                    pool=pool, prompts=list(SCRIPTS), out_dir=out_dir, editor=editor)
 
 
 def test_a_flywheel_round_rerolls_cuts_corrects_and_hints_with_exact_masks(pool, tmp_path):
@@ -359,6 +359,22 @@ def test_a_flywheel_round_rerolls_cuts_corrects_and_hints_with_exact_masks(pool,
     sel = RunStore(tmp_path / "selected").read_step_frame(1)
     assert sorted(sel["op"]) == ["hint", "hint", "initial"] and sel["correct"].all()
     assert [t.mask for t in fw.sft_examples()] == [e.demo_mask for e in best.values()]
+
+
+def test_an_editor_makes_the_cut_instead_of_the_rule_and_its_text_is_trained(pool):
+    from tao_lab.branches import Prefix
+
+    def editor(traj, op):      # a "stronger model": rewrite q2's wrong answer from scratch
+        if traj.task_id == "q2" and op == "hint":
+            ids = list(HINT.encode())
+            return Prefix(token_ids=ids, turn_idx=[0] * len(ids), source="editor")
+        return None            # everything else: the rule
+
+    fw = make_flywheel(pool, None, editor=editor).run()
+    e = fw.buffers["q2"][2]
+    assert e.op == "hint" and e.traj.text == HINT and e.traj.prefix_len == len(HINT)   # the policy has no
+    assert e.demo_mask == [1] * len(HINT) + [1]      # continuation for it: end-of-sequence, trained
+    assert fw.buffers["q3"][2].traj.text == D_HINT    # the rule still made q3's hint
 
 
 def test_the_flywheel_resumes_from_its_stored_rounds(pool, tmp_path):
