@@ -409,8 +409,10 @@ def test_the_pipeline_runs_its_phases_in_order_and_a_rerun_skips_the_finished_on
     assert sorted(f["op"].unique()) == ["correction", "initial"] and len(f) == 4
     m = RunStore(tmp_path / "rl").metrics()
     assert m["step"].tolist() == [1, 2, 3, 4] and m["source/stage"].tolist() == [0, 0, 1, 1]
+    capsys.readouterr()
     again = run_pipeline(tmp_path, "test_tiny", progress=False)          # every phase done: nothing runs
     assert again["done"] == state["done"] and len(RunStore(tmp_path / "rl").metrics()) == 4
+    assert "warning" in capsys.readouterr().err                           # other settings than the stored ones
 
 
 def test_the_et_agent_grid_spec_builds_a_config_for_every_arm(tmp_path):

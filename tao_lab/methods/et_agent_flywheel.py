@@ -301,6 +301,9 @@ class Flywheel:
         for r in store.steps():
             for row in store.read_step_frame(r).sort_values("index").to_dict("records"):
                 t = trajectory_from_row(row)
+                if t.task_id not in self.buffers:
+                    raise ValueError(f"{self.out_dir} holds a flywheel over other questions ({t.task_id!r} is "
+                                     "not among the tasks given): pass the same tasks or a new out_dir")
                 parent = None if int(row["parent"]) < 0 else int(row["parent"])
                 self.buffers[t.task_id].append(Entry(t, row["op"], int(row["round"]), parent,
                                                      demo_mask=[int(x) for x in row["demo_mask"]]))

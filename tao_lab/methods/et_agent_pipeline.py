@@ -124,8 +124,11 @@ def run_pipeline(out, preset: str = "cpu_demo", overrides: Sequence[str] = (), f
     cfg = make_config(preset, "et_agent", list(overrides))
     fcfg = replace(fcfg or FlywheelConfig(), seed=cfg.seed)
     state = _state(out)
-    state.setdefault("config", {"preset": preset, "overrides": list(overrides), "flywheel": asdict(fcfg),
-                                "questions": questions, "sft_overrides": list(sft_overrides)})
+    asked = json.loads(json.dumps({"preset": preset, "overrides": list(overrides), "flywheel": asdict(fcfg),
+                                   "questions": questions, "sft_overrides": list(sft_overrides)}))
+    if state.setdefault("config", asked) != asked:
+        print(f"et-agent: warning: {out} was started with {state['config']}; its finished phases are kept "
+              "as they are (use a new --out to run with the new settings)", file=sys.stderr)
     fw = None
     for phase in PHASES:
         if phase in state["done"]:
