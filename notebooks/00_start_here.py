@@ -48,7 +48,7 @@ import pandas as pd
 import torch
 
 from tao_lab.methods.arms import ARMS, HOOKS
-from tao_lab.sandbox import tier_status
+from tao_lab.sandbox import TIER_CAVEATS, tier_status
 from tao_lab import threads
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"
@@ -70,7 +70,8 @@ arms
 
 # %%
 status = tier_status()
-print("\n".join(f"{tier:12s} {verdict}" for tier, verdict in status.items()))
+for tier, verdict in status.items():
+    print(f"{tier:12s} {verdict}\n{'':12s} not protected: {TIER_CAVEATS.get(tier, '?')}")
 
 # %% [markdown]
 # ## The notebooks, in order

@@ -41,6 +41,16 @@ class EvalConfig:
     max_new_tokens: int = 256        # completion budget
     seed: int = 1234                 # sampling seed (same seed before and after training)
 
+    def __post_init__(self):
+        from . import checks
+
+        checks.number(self, "limit", lo=1, integer=True, none_ok=True)
+        checks.number(self, "k", lo=1, integer=True)
+        checks.number(self, "temperature", lo=0, hi=10)
+        checks.number(self, "max_turns", lo=1, integer=True)
+        checks.number(self, "max_new_tokens", lo=1, integer=True)
+        checks.number(self, "seed", integer=True)
+
 
 def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfig, pool=None,
              reward: RewardConfig | None = None, merge: bool = True) -> tuple[list[Trajectory], dict[str, float]]:
