@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
     t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
-    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code")
+    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code | dapo | et_agent")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
@@ -347,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an SFT run from its newest checkpoint")
     sf.add_argument("--quiet-bar", action="store_true")
     sf.set_defaults(fn=cmd_sft)
+
+    from .methods.et_agent_pipeline import add_arguments as et_agent_arguments
+    et_agent_arguments(sub.add_parser("et-agent", help="ET-Agent's phases in order: data flywheel -> SFT -> "
+                                      "behaviour-calibration RL stages (resumable)"))
     return p
 
 
