@@ -22,6 +22,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import filters as filters_mod
 from .advantages import pass_at_k_mean
+from .behaviour import behaviour_metrics
 from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
@@ -70,6 +71,7 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
                f"eval/avg@{cfg.k}": float(np.mean([x for v in correct.values() for x in v])),
                **{f"eval/pass@{k}": pass_at_k_mean(n, c, k) for k in sorted({1, cfg.k})},
                **rmetrics, **stats.as_metrics(), **telemetry(trajs, no_filter),
+               **{f"behaviour/{k}": v for k, v in behaviour_metrics(trajs).items()},   # ET-Agent's (METHODS §3)
                "time/eval_s": time.perf_counter() - t0}
     return trajs, metrics
 
