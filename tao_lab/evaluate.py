@@ -24,6 +24,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import filters as filters_mod
 from .advantages import pass_at_k_mean
+from .behaviour import behaviour_metrics
 from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
@@ -42,6 +43,16 @@ class EvalConfig:
     max_turns: int = 5               # turn budget (papers: 10 at eval; 5 keeps CPU runs short)
     max_new_tokens: int = 256        # completion budget
     seed: int = 1234                 # sampling seed (same seed before and after training)
+
+    def __post_init__(self):
+        from . import checks
+
+        checks.number(self, "limit", lo=1, integer=True, none_ok=True)
+        checks.number(self, "k", lo=1, integer=True)
+        checks.number(self, "temperature", lo=0, hi=10)
+        checks.number(self, "max_turns", lo=1, integer=True)
+        checks.number(self, "max_new_tokens", lo=1, integer=True)
+        checks.number(self, "seed", integer=True)
 
 
 def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfig, pool=None,
@@ -68,6 +79,7 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
                f"eval/avg@{cfg.k}": float(np.mean([x for v in correct.values() for x in v])),
                **{f"eval/pass@{k}": pass_at_k_mean(n, c, k) for k in sorted({1, cfg.k})},
                **rmetrics, **stats.as_metrics(), **telemetry(trajs, no_filter),
+               **{f"behaviour/{k}": v for k, v in behaviour_metrics(trajs).items()},   # ET-Agent's (METHODS §3)
                "time/eval_s": time.perf_counter() - t0}
     return trajs, metrics
 
