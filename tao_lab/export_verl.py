@@ -382,9 +382,10 @@ def command(exp: VerlExport, cfg: TrainConfig, config_file: str | None = None) -
     (from examples/verl_tao.yaml + overrides, or from `config_file` written by to_yaml)."""
     py = ".venv-verl/bin/python"
     d = cfg.data
-    data = [f"{py} -m tao_lab_verl.dataset {shlex.quote(src)} {split or '-'} $DATA/{name}.parquet "
+    data = [f"{py} -m tao_lab_verl.dataset {shlex.quote(src)} {split or '-'} $DATA/{name}.parquet{limit} "
             f"--template {cfg.rollout.template} --protocol {cfg.rollout.protocol} --n-demos {cfg.rollout.n_demos}"
-            for src, split, name in ((d.tasks, d.split, "train"), (d.eval_tasks or d.tasks, d.eval_split, "val"))]
+            for src, split, name, limit in ((d.tasks, d.split, "train", f" {d.limit}" if d.limit else ""),
+                                            (d.eval_tasks or d.tasks, d.eval_split, "val", ""))]
     if config_file:
         where = Path(config_file).resolve()
         launch = [f"--config-path={where.parent}", f"--config-name={where.stem}"]

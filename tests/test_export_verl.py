@@ -194,6 +194,7 @@ def test_the_cli_without_out_prints_overrides_for_the_example_config(tmp_path, c
     out, err = capsys.readouterr()
     assert out.startswith("# tao_lab grpo run")  # stdout is a script: no thread note before it
     assert "--config-name=verl_tao" in out and "algorithm.filter_groups.enable=false" in out
+    assert "-m tao_lab_verl.dataset arith-L1 train $DATA/train.parquet 16 --template zero_shot" in out  # limit 16
     assert "'actor_rollout_ref.actor.optim.betas=[0.9,0.999]'" in out and err == ""
 
 
