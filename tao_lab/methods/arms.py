@@ -14,6 +14,7 @@ method changes:
                   so `filter.rules` + filter_a reproduces the code), gate on all tokens, z over the
                   micro-batch, no detach, a micro-batch without gated tokens reshapes all of them
     dapo          GRPO + DAPO dynamic sampling: Filter B, then fresh prompts until B groups survive
+    arpo          GRPO's switches; ARPO's rollout forks at tool junctures by entropy (methods/arpo.py)
 
 HOOKS[name](cfg, tasks, tok) -> hooks.MethodHooks gives an arm its prompt source, reward and
 advantage replacements; an arm without an entry runs the loop's defaults.
@@ -25,6 +26,7 @@ from dataclasses import replace
 from typing import Callable
 
 from ..advantages import ShapingConfig
+from .arpo import arm as arpo_arm
 
 
 def grpo(cfg):
@@ -59,10 +61,13 @@ def dapo(cfg):
 
 ARMS: dict[str, Callable] = {
     "grpo": grpo, "simpletir": simpletir, "tao": tao, "tao_code": tao_code, "dapo": dapo,
+    "arpo": arpo_arm,
 }
 
 # name -> build(cfg, tasks, tok) -> hooks.MethodHooks (imported lazily: method files may be heavy)
-HOOKS: dict[str, str] = {}
+HOOKS: dict[str, str] = {
+    "arpo": ".arpo:build_hooks",
+}
 
 
 def method_hooks(cfg, tasks, tok):
