@@ -304,13 +304,13 @@ def test_embedded_model_forks_at_tool_junctures_match_a_teacher_forced_forward(s
     from tao_lab.tasks import load_tasks
 
     model, tok = smol
-    tasks = load_tasks("arith-L1", split="test", limit=2)
+    tasks = load_tasks("arith-L1", split="test", limit=1)
     arpo = ArpoConfig(total_rollouts=4, k_tokens=5, alpha=1.0, beta=0.0)
     br = ArpoBranching(arpo, seed=[0, 1])
-    cfg = RolloutConfig(group_size=2, max_new_tokens=128, temperature=1.0, seed=0, template="few_shot", max_turns=3)
+    cfg = RolloutConfig(group_size=2, max_new_tokens=96, temperature=1.0, seed=0, template="few_shot", max_turns=3)
     trajs, stats = generate(model, tok, tasks, cfg, pool=pool, branch_policy=br, max_rows=arpo.total_rollouts)
-    assert len(trajs) == 8 and stats.n_tool_calls > 0
-    assert stats.n_branches > 0, "few-shot SmolLM2 should reach a tool juncture in 4 episodes"
+    assert len(trajs) == 4 and stats.n_tool_calls > 0
+    assert stats.n_branches > 0, "few-shot SmolLM2 (seed 0) reaches a tool juncture in its 2 initial rows"
     for c in (t for t in trajs if t.parent is not None):
         par = next(t for t in trajs if t.group_id == c.group_id and t.sample_idx == c.parent)
         p = c.branch_pos

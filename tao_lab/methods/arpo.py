@@ -125,7 +125,6 @@ class ArpoBranching:
         self.junctures: list[Juncture] = []
         self.fresh_rows = 0
         self.skipped_full = 0                             # junctures met with no free row left
-        self.filled: set[int] = set()
 
     # -- entropies
     def _entropy(self, ep, positions: list[int]) -> float:
@@ -138,7 +137,7 @@ class ArpoBranching:
         return float(np.mean([rec[i] for i in positions]))
 
     def initial_entropy(self, task: int, ep) -> float | None:
-        """H_0: mean entropy of the row's first k sampled tokens of its first sampled turn (None until
+        """[code] H_0: mean entropy of the row's first k sampled tokens of its first sampled turn (None until
         they exist or the turn closed)."""
         key = (task, ep.traj.sample_idx)
         if key not in self.h0:
@@ -155,7 +154,8 @@ class ArpoBranching:
         return self.h0[key]
 
     def window(self, ep, turn: int) -> list[int] | None:
-        """Positions of the first k sampled tokens of `turn` (None while fewer exist and it is open)."""
+        """[code] Positions of the first k sampled tokens of `turn` (None while fewer exist and it is
+        open; a turn closed by a call or the end with fewer than k is read as it is [recon])."""
         tr, start = ep.traj, ep.turn_starts[turn]
         pos = [i for i in range(start, len(tr.mask)) if tr.mask[i] == 1 and tr.turn_idx[i] == turn][:self.cfg.k_tokens]
         closed = ep.done or ep.waiting or len(ep.turn_starts) > turn + 1
