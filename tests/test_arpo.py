@@ -151,6 +151,8 @@ def test_the_initial_entropy_is_reset_per_batch():
     m = src.observe(2, b2, [])
     assert m["arpo/junctures"] == 1 and "arpo/delta_h_branched" in m
     assert src.state_dict() == {"cursor": 2}
+    src.load_state_dict({"cursor": 1})
+    assert src.next_batch(2, 1).tasks == b2.tasks             # a resumed step draws the same prompt
 
 
 def test_config_is_validated_and_the_hooks_refuse_g_below_m():
@@ -227,6 +229,7 @@ def test_on_policy_hard_and_soft_give_the_same_gradient_on_a_real_tree(tiny):
     trajs, stats = generate(model.eval(), tok, [T("a", "x")], cfg, prompts=["Hello there"], branch_policy=tree,
                             max_rows=4)
     assert stats.n_branches == 2 and [t.parent for t in trajs] == [None, None, 0, 2]
+    teacher_forced_check(model, trajs, 1.0, 1e-4)          # forked KV caches gave exact records
     for t, r in zip(trajs, [1.0, 0.0, 0.0, 1.0]):
         t.reward = r
     fres = filters.apply(trajs, filters.FilterConfig(rules=(), refill="none", min_n=1))
