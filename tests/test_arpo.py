@@ -125,6 +125,24 @@ def test_the_k_token_window_waits_while_the_turn_is_open_and_reads_delta_h():
     assert j.delta_h == pytest.approx(1.5) and j.p == pytest.approx(0.8) and j.pos == 7 and j.turn == 1
 
 
+def test_the_code_reading_decides_at_the_result_from_the_turn_that_made_the_call():
+    cfg = ArpoConfig(total_rollouts=2, k_tokens=4, measure="previous_turn")
+    br = ArpoBranching(cfg, seed=0)
+    ep = episode(1.0, 9.0, done=False)
+    del ep.traj.mask[-3:]                                    # turn 1 has just begun: 1 token
+    br([[ep]], [1])
+    (j,) = br.junctures
+    assert j.delta_h == 0.0 and j.p == 0.5                   # the first call's ΔH is exactly 0 [code]
+
+
+def test_the_top10_proxy_is_a_sum_over_the_k_positions():
+    br = ArpoBranching(ArpoConfig(total_rollouts=2, k_tokens=4, entropy="top10_proxy"), seed=0)
+    ep = episode(0.0, 0.0)
+    ep.topk_entropy = {i: (0.1 if i < 4 else 0.3) for i, m in enumerate(ep.traj.mask) if m}
+    br([[ep]], [1])
+    assert br.junctures[0].delta_h == pytest.approx(4 * 0.3 - 4 * 0.1)
+
+
 def test_the_seeded_branch_rate_matches_p():
     cfg = ArpoConfig(total_rollouts=2, k_tokens=4, alpha=0.5, beta=0.2)
     n = 3000
@@ -162,6 +180,8 @@ def test_config_is_validated_and_the_hooks_refuse_g_below_m():
         ArpoConfig(entropy="top5")
     with pytest.raises(ValueError, match="attribution"):
         ArpoConfig(attribution="medium")
+    with pytest.raises(ValueError, match="measure"):
+        ArpoConfig(measure="later")
     cfg = make_config("test_tiny", "arpo", ["rollout.group_size=4", "arpo.total_rollouts=2"])
     assert cfg.method == "arpo" and cfg.filter.rules == () and cfg.shaping.kind == "none"
     with pytest.raises(ValueError, match="total_rollouts=2.*group_size=4"):

@@ -19,9 +19,15 @@ What it changes, at which stage: the *rollout* (and, as an option, the advantage
 4. Fill [code]. When every row of a prompt has finished and rows are left, they are filled with
    fresh rollouts from the prompt (Fork(pos=0)), all at once [recon: the code's fill order is
    not a choice that changes the group].
-5. Entropy [code/recon]. "full": the full-vocabulary entropy the rollout already records (default,
-   tao_lab's); "top10_proxy": the code's proxy, -Σ_top10 p·log p / ln|V| from the top-10 log-probs
-   (the rollout records it only when a branch policy sets `topk_logprobs`).
+5. Entropy [code/recon]. "full": the mean full-vocabulary entropy of the k tokens, which the rollout
+   already records (default, tao_lab's); "top10_proxy": the code's score, the top-10 log-probs of the
+   k positions put in one bag, -Σ p·log p (not renormalised, so SUMMED over positions) / ln|V| (the
+   rollout records the per-position terms only when a branch policy sets `topk_logprobs`).
+   Measure: "after_result" [paper, default] reads the k tokens written right after the tool result
+   and forks at the result (the child re-samples them). "previous_turn" [code] is what the code's
+   loop does: when a round ends in a call it decides at once, from the first k tokens of the round
+   that *made* the call (the reaction to the previous result; ΔH = 0 exactly at the first call),
+   and a forked child takes its baseline from its own first round after the fork.
 6. Advantage [code]. "soft" (the code's default): plain GRPO over all G rows of the group; a shared
    prefix token appears once per row that carries it, each time with that row's advantage.
    "hard": a token shared by d trained rows gets the mean of their d advantages
@@ -59,6 +65,7 @@ class ArpoConfig:
     alpha: float = 0.5               # base branch probability [code]
     beta: float = 0.2                # entropy slope [code]
     entropy: str = "full"            # "full": recorded full-vocabulary entropy | "top10_proxy" [code]
+    measure: str = "after_result"    # ΔH from the k tokens after the result [paper] | "previous_turn" [code]
     attribution: str = "soft"        # "soft": GRPO over all rows [code default] | "hard": shared-token mean
     seed: int = 0                    # branch draws are seeded by [seed, run seed, step]
 
@@ -70,6 +77,7 @@ class ArpoConfig:
         checks.number(self, "alpha", lo=0, hi=1)
         checks.number(self, "beta", lo=-10, hi=10)
         checks.choice(self, "entropy", ("full", "top10_proxy"))
+        checks.choice(self, "measure", ("after_result", "previous_turn"))
         checks.choice(self, "attribution", ("soft", "hard"))
         checks.number(self, "seed", lo=0, integer=True)
 
@@ -134,15 +142,17 @@ class ArpoBranching:
         if rec is None:
             raise RuntimeError("entropy='top10_proxy' needs rollout.Episode.topk_entropy (rollout.py records "
                                "it when the branch policy sets topk_logprobs)")
-        return float(np.mean([rec[i] for i in positions]))
+        return float(sum(rec[i] for i in positions))     # [code] one bag over the k positions: a sum
 
     def initial_entropy(self, task: int, ep) -> float | None:
-        """[code] H_0: mean entropy of the row's first k sampled tokens of its first sampled turn (None until
-        they exist or the turn closed)."""
+        """[code] H_0: entropy of the row's first k sampled tokens of its first sampled turn (None until
+        they exist or the turn closed). A child shares those tokens with its parent, so it shares its
+        H_0; under measure="previous_turn" it starts from its first turn after the fork [code]."""
         key = (task, ep.traj.sample_idx)
         if key not in self.h0:
             tr, k = ep.traj, self.cfg.k_tokens
-            first = next((i for i, m in enumerate(tr.mask) if m == 1), None)
+            lo = (tr.branch_pos or 0) if self.cfg.measure == "previous_turn" else 0
+            first = next((i for i in range(lo, len(tr.mask)) if tr.mask[i] == 1), None)
             if first is None:
                 return None
             turn = tr.turn_idx[first]
@@ -190,7 +200,7 @@ class ArpoBranching:
 
     def decide(self, task: int, ep, turn: int, free: list[int]) -> Fork | None:
         """Decide one juncture once its k-token window is known; a Fork at its start or None."""
-        win = self.window(ep, turn)
+        win = self.window(ep, turn if self.cfg.measure == "after_result" else turn - 1)
         h0 = self.initial_entropy(task, ep)
         if win is None or h0 is None:
             return None                                   # not yet measurable: ask again next step
