@@ -15,6 +15,7 @@ import torch
 from fakes import ByteTokenizer, ScriptedPolicy
 from tao_lab import filters
 from tao_lab.branches import Fork
+from tao_lab.hooks import PromptBatch
 from tao_lab.methods.arpo import (ArpoAdvantage, ArpoBranching, ArpoConfig, ArpoSource, arpo_branch_probability,
                                   build_hooks, topk_entropy, tree_token_advantages)
 from tao_lab.records import ToolCall, Trajectory, post_tool_gate
@@ -75,6 +76,9 @@ def test_a_fork_starts_at_the_juncture_and_keeps_masks_and_gate_on_both_sides(po
     # only the two initial rows decided; the children never re-decided the juncture they came from
     m = br.metrics()
     assert m["junctures"] == 2 and m["branches"] == 2 and m["branch_rate"] == 1.0
+    src = ArpoSource(ArpoConfig(), [], seed=0)
+    obs = src.observe(1, PromptBatch([], branch_policy=br), trajs)
+    assert obs["arpo/tool_calls_per_traj"] == 1.0 and obs["arpo/own_tool_calls_per_traj"] == 0.5
     assert {(j.sample_idx, j.turn) for j in br.junctures} == {(0, 1), (1, 1)}
 
 

@@ -256,7 +256,10 @@ class ArpoSource:
         out = {f"arpo/{k}": v for k, v in (pol.metrics() if pol is not None else {}).items()}
         groups = {t.group_id for t in trajs}
         out["arpo/rows_per_group"] = len(trajs) / max(len(groups), 1)
-        out["arpo/tool_calls_per_traj"] = sum(t.n_tool_calls for t in trajs) / max(len(trajs), 1)
+        n = max(len(trajs), 1)
+        out["arpo/tool_calls_per_traj"] = sum(t.n_tool_calls for t in trajs) / n
+        # calls each row ran itself (a child's copies of its parent's calls ran once, in the parent)
+        out["arpo/own_tool_calls_per_traj"] = sum(_own_calls(t) for t in trajs) / n
         return out
 
     def state_dict(self) -> dict[str, Any]:
@@ -264,6 +267,13 @@ class ArpoSource:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stream.load_state_dict(state)
+
+
+def _own_calls(t) -> int:
+    """Tool calls a trajectory ran itself: a child's calls before its branch turn are copies."""
+    if t.branch_pos is None or t.branch_pos >= len(t.turn_idx):
+        return t.n_tool_calls if t.branch_pos is None else 0
+    return sum(c.turn >= t.turn_idx[t.branch_pos] for c in t.tool_calls)
 
 
 # ----------------------------------------------------------------------------------------------
