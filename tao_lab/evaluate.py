@@ -66,8 +66,18 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
 
 def save_eval(run_dir: str | os.PathLike, label: str, trajs: list[Trajectory], metrics: dict,
               config: dict | None = None) -> Path:
-    """Store an evaluation as its own run under run_dir/evals/<label>/ (report.py reads it)."""
-    store = RunStore(Path(run_dir) / "evals" / label)
+    """Store an evaluation as its own run under run_dir/evals/<label>/ (report.py reads it).
+
+    Never overwrites: if <label> already holds an evaluation, this one is saved as <label>-2 (-3, ...)
+    and both stay, so an 8-task "after" is never silently replaced by a 4-task one."""
+    base = Path(run_dir) / "evals"
+    path, k = base / label, 2
+    while (path / "metrics.jsonl").exists():
+        path, k = base / f"{label}-{k}", k + 1
+    if path.name != label:
+        print(f"an evaluation named {label!r} exists; keeping it and saving this one as {path.name!r}")
+        label = path.name
+    store = RunStore(path)
     if config is not None:
         store.write_config(config)
     store.write_step(0, trajs)

@@ -44,7 +44,19 @@ from typing import Any, Iterable
 
 from tao_lab.rewards import extract_answer, extract_boxed
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"   # the repo's data/, next to tao_lab/
+
+
+def _data_dir() -> Path:
+    """The bundled task sets: the checkout's data/ next to tao_lab/ (editable install, a clone), else
+    the copy an installed wheel puts under <prefix>/share/tao_lab/data (pyproject's data-files)."""
+    import sys
+    repo = Path(__file__).resolve().parent.parent / "data"
+    if (repo / "demos.jsonl").is_file():
+        return repo
+    return Path(sys.prefix) / "share" / "tao_lab" / "data"
+
+
+DATA_DIR = _data_dir()
 FAMILIES = ("arith", "word")
 LEVELS = (1, 2, 3, 4)
 SPLITS = ("train", "test")

@@ -15,6 +15,8 @@ method changes:
                   micro-batch, no detach, a micro-batch without gated tokens reshapes all of them
     dapo          GRPO + DAPO dynamic sampling: Filter B, then fresh prompts until B groups survive
     arpo          GRPO's switches; ARPO's rollout forks at tool junctures by entropy (methods/arpo.py)
+    e3tir         GRPO switches; expert-anchor prompt source, dynamic boundary and mixed advantage
+                  with shared-prefix detaching come from its hooks (methods/e3tir.py)
 
 HOOKS[name](cfg, tasks, tok) -> hooks.MethodHooks gives an arm its prompt source, reward and
 advantage replacements; an arm without an entry runs the loop's defaults.
@@ -27,6 +29,7 @@ from typing import Callable
 
 from ..advantages import ShapingConfig
 from .arpo import arm as arpo_arm
+from .e3tir import e3tir_arm
 
 
 def grpo(cfg):
@@ -62,12 +65,14 @@ def dapo(cfg):
 ARMS: dict[str, Callable] = {
     "grpo": grpo, "simpletir": simpletir, "tao": tao, "tao_code": tao_code, "dapo": dapo,
     "arpo": arpo_arm,
+    "e3tir": e3tir_arm,
 }
 
 # name -> build(cfg, tasks, tok) -> hooks.MethodHooks (imported lazily: method files may be heavy)
 HOOKS: dict[str, str] = {
     "arpo": ".arpo:build_hooks",
 }
+HOOKS["e3tir"] = ".e3tir:build_hooks"
 
 
 def method_hooks(cfg, tasks, tok):
