@@ -31,6 +31,7 @@ import pandas as pd
 from . import explore, plots
 from .filters import RULES
 from .records import RunStore
+from .runstore_repair import step_file_problem
 from .tokenview import token_view_html
 
 # Curves shown in the learning-curve panel, in this order, when the run logged them.
@@ -121,6 +122,10 @@ def _episodes(store: RunStore, tok, k: int = 2) -> str:
     steps = store.steps()
     if not steps or tok is None:
         return "<p>(no stored trajectories, or no tokenizer to show them)</p>"
+    readable = [k for k in steps if step_file_problem(store.step_path(k)) is None]
+    if not readable:
+        return "<p>(no readable step file: see the damage listed at the top)</p>"
+    steps = readable
     trajs = store.read_step(steps[-1])
     distinct = list({trajs[i].text: i for i in reversed(range(len(trajs)))}.values())[::-1]
     order = sorted(distinct, key=lambda i: (not trajs[i].correct, -(trajs[i].reward or 0), -trajs[i].n_valid_calls))
@@ -211,8 +216,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
         chart, note = _safe(fn, *args)
         charts.append(chart)
         notes.append(note)
-    steps = store.steps()
-    offset_chart, note = (None, "no stored trajectories")
+    damage = store.problems()                      # read-only: listed on the page, never repaired here
+    steps = [k for k in store.steps() if step_file_problem(store.step_path(k)) is None]
+    offset_chart, note = (None, "no readable stored trajectories")
     if steps:
         tokens = explore.token_table(store.read_step(steps[-1]))
         offset_chart, note = _safe(plots.entropy_after_tool_chart, explore.entropy_by_offset(tokens))
@@ -222,7 +228,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
         shown = evals.assign(label=evals["label"].map(eval_label))
         cols = {"label": "evaluation", **{c: c[5:] for c in k_cols}, "eval/n_tasks": "tasks",
                 "tool/used_rate": "used tool", "tool/success_rate": "tool success",
-                "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer"}
+                "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer",
+                "behaviour/effi": "Effi", "behaviour/redundant_rate": "redundant calls"}
         eval_html = _table(shown.rename(columns=cols), list(cols.values()))
     else:
         eval_html = "<p>(no evaluation saved under evals/)</p>"
@@ -248,6 +255,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
             f"<p>Peak resident memory: {last.get('mem/peak_rss_mb', float('nan')):.0f} MB.</p>")
     blocks.append(f"<h2>Held-out evaluation</h2>{eval_html}")
     blocks.append(f"<h2>Episodes of the last step</h2>{_episodes(store, tokenizer)}")
+    damage_html = ("<div class='note'><b>This run store is damaged</b> (shown as found; "
+                   "<code>tao-lab resume</code> repairs it):<ul>"
+                   + "".join(f"<li>{html.escape(d)}</li>" for d in damage) + "</ul></div>") if damage else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tao_lab run {html.escape(run_dir.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}}
 h2{{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}} table.t{{border-collapse:collapse}}
@@ -257,7 +267,7 @@ table.cfg td{{text-align:left;font-family:monospace}} .tl-view{{max-width:100%;o
 <script>{vlc.javascript_bundle(vl_version=_vl_version())}</script></head><body>
 <h1>{html.escape(str(head["method"]))} on {html.escape(str(head["tasks"]))}: {html.escape(run_dir.name)}</h1>
 <p class="kv">{''.join(f'<span><b>{k}</b> {html.escape(str(v))}</span>' for k, v in head.items())}</p>
-{''.join(blocks)}
+{damage_html}{''.join(blocks)}
 <h2>Config</h2><details><summary>TrainConfig: every field of this run</summary>{config_table(train_cfg)}</details>
 </body></html>"""
     path = Path(out) if out else run_dir / "report.html"

@@ -73,3 +73,17 @@ def test_example_episodes_are_distinct_and_the_correct_ones_come_first(tmp_path)
 def test_config_table_has_one_row_per_field():
     html = report.config_table({"method": "tao", "loss": {"eps_low": 0.2, "eps_high": 0.28}})
     assert html.count("<tr>") == 4 and "loss.eps_high" in html
+
+
+def test_a_damaged_last_step_file_is_listed_and_the_page_uses_the_newest_readable_step(tmp_path):
+    store = RunStore(tmp_path)
+    store.write_step(1, [traj("first step", True, 1.0)])
+    store.write_step(2, [traj("second step", True, 1.0)])
+    for s in (1, 2):
+        store.append_metrics({"step": s, "reward/mean": 0.5 * s, "time/step_s": 1.0})
+    path = store.step_path(2)
+    path.write_bytes(path.read_bytes()[:40])            # truncated: no parquet footer
+    page = report.write_report(tmp_path).read_text()
+    assert "This run store is damaged" in page and "step_000002" in page
+    assert "step 1, episode 0" in page                  # the episodes come from the readable step
+    assert path.exists() and not list(tmp_path.glob("steps/*.corrupt"))   # a read command repairs nothing
