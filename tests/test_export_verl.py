@@ -91,7 +91,8 @@ def test_a_verl_value_with_no_tao_lab_counterpart_is_refused_by_key():
 
 @pytest.mark.parametrize("arm,filter_b,filter_a", [
     ("grpo", False, "off"), ("simpletir", False, "off"), ("tao", True, "mask"), ("tao_code", True, "off"),
-    ("dapo", True, "off"), ("e3tir", False, "off"), ("et_agent", False, "off"), ("toolexpander", False, "off")])
+    ("dapo", True, "off"), ("e3tir", False, "off"), ("et_agent", False, "off"), ("toolexpander", False, "off"),
+    ("arpo", False, "off")])
 def test_each_arm_exports_its_filter_switches(arm, filter_b, filter_a):
     if arm not in ARMS:
         pytest.skip(f"arm {arm} is not registered in this checkout")
