@@ -257,6 +257,15 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_export_verl(args) -> int:
+    from .export_verl import run_export
+
+    try:
+        return run_export(args.run_dir, args.out)
+    except ValueError as e:   # a folder that is not a training run, a config verl can't take
+        return _error(e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -280,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
     t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
-    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code")
+    t.add_argument("--method", default="tao",
+                   help="grpo | simpletir | tao | tao_code | dapo | e3tir | et_agent | toolexpander")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
@@ -347,6 +357,15 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an SFT run from its newest checkpoint")
     sf.add_argument("--quiet-bar", action="store_true")
     sf.set_defaults(fn=cmd_sft)
+
+    from .methods.et_agent_pipeline import add_arguments as et_agent_arguments
+    et_agent_arguments(sub.add_parser("et-agent", help="ET-Agent's phases in order: data flywheel -> SFT -> "
+                                      "behaviour-calibration RL stages (resumable)"))
+
+    xv = sub.add_parser("export-verl", help="a run's config as the verl command / config file (plugins/verl)")
+    xv.add_argument("run_dir", help="a run folder (its config.json)")
+    xv.add_argument("--out", default=None, metavar="FILE", help="also write a standalone verl YAML config here")
+    xv.set_defaults(fn=cmd_export_verl, threads_note=False)  # stdout is a script: no thread note
     return p
 
 
@@ -354,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tao_lab import threads
 
-    threads.apply()  # once, before any model is built (TAO_LAB_THREADS overrides)
+    # once, before any model is built (TAO_LAB_THREADS overrides)
+    threads.apply(verbose=getattr(args, "threads_note", True))
     from .checkpoint import CheckpointError
     from .rundir import RunDirError
     from .runstore_repair import RunStoreError
