@@ -4,10 +4,12 @@ hostile on every call, on each local sandbox tier, SIGKILLed at random points an
 tests/soak_worker.py is the killable training process (its docstring lists the hostile variants:
 a fork -> setsid daemon chain exec-ing `sleep TOKEN`, 3 MB floods, NUL and invalid UTF-8 on both
 streams, an unclosed fence, a forged `bwrap: ...` runner message; the model's own text carries NUL
-and control bytes). Per tier the worker is killed KILLS times, each time after the attempt's first
-finished step plus U(0, 1) x that step's duration (seeded), so kills land anywhere in a step:
-rollout, tool calls, update, the step's commit or its checkpoint write. Then it is resumed
-(`Trainer.resume`). Checked afterwards:
+and control bytes). Per tier the worker is SIGKILLed three times (KILL_PLAN), each time resumed
+by a fresh worker (`Trainer.resume`, what `tao-lab resume` runs): twice after the attempt's first
+finished step plus U(0, 1) x that step's duration (seeded), so the kill lands anywhere in a step --
+rollout, tool calls, update, the step's commit --, and once as soon as a checkpoint's temp folder
+appears, when the step's metrics line and file are written and its checkpoint is not, so the resume
+must roll that step back and redo it exactly once. Checked afterwards:
   - no `sleep TOKEN` process is left (what a kill left is swept when the next attempt claims its
     sandbox uids: sandbox/uids.py, as root);
   - metrics steps are exactly [1..N] and every line is strict JSON;
@@ -45,7 +47,8 @@ from train_helpers import one_thread  # noqa: F401
 pytestmark = [pytest.mark.soak, pytest.mark.usefixtures("one_thread")]
 
 STEPS = 5
-KILLS = 2
+# per attempt: kill at a seeded random point in a step, twice; then once in a checkpoint write
+KILL_PLAN = ("random", "random", "checkpoint")
 SEED = 13
 WORKER = Path(W.__file__)
 # unique per session, so a leftover from any other run of the suite is never counted as ours
@@ -156,37 +159,69 @@ class Attempt:
         return rc
 
 
+def kill_at_random(a: Attempt, rng: random.Random) -> str | None:
+    """SIGKILL after the attempt's first finished step + U(0, 1) x that step's duration."""
+    ready = a.wait_for("READY")
+    first = a.wait_for("STEP") if ready is not None else None
+    if first is None:
+        return None
+    frac = rng.random()
+    time.sleep(frac * (first - ready))
+    if a.proc.poll() is not None:
+        return None
+    a.proc.send_signal(signal.SIGKILL)
+    return f"step {a.steps[-1] + 1} at {frac:.2f} of a step"
+
+
+def kill_in_checkpoint_write(a: Attempt, run: Path) -> str | None:
+    """SIGKILL as soon as a checkpoint's temp folder appears: the step's metrics line and file are
+    written, its checkpoint is not, so the resume must roll the step back and redo it once."""
+    cdir = run / "checkpoints"
+    before = {p.name for p in cdir.iterdir()}
+    if a.wait_for("READY") is None:
+        return None
+    while a.proc.poll() is None:
+        new = [n for n in os.listdir(cdir) if n.startswith(".tmp-step_") and n not in before]
+        if new:
+            a.proc.send_signal(signal.SIGKILL)
+            return f"writing {new[0][5:16]}"
+        time.sleep(0.002)
+    return None
+
+
 def soak(tier: str, run: Path, log: Path) -> dict:
-    """Train STEPS steps in killable workers: KILLS kills at seeded random points, then a resume to
-    the end. Returns the figures."""
+    """Train STEPS steps in killable workers, killed as KILL_PLAN says, then resumed to the end.
+    Returns the figures."""
     rng = random.Random(f"{SEED}-{tier}")
-    fig = {"tier": tier, "kills": [], "attempts": 0, "leftovers_after_kill": 0, "steps_run": 0}
+    fig = {"tier": tier, "kills": [], "attempts": 0, "leftovers_after_kill": 0, "steps_committed": 0,
+           "steps_rolled_back": 0}
     mode, t0 = "train", time.monotonic()
     while True:
-        assert fig["attempts"] <= KILLS + 1, f"the worker keeps dying: {fig}; see {log}"
+        assert fig["attempts"] <= len(KILL_PLAN), f"the worker keeps dying: {fig}; see {log}"
         a = Attempt(run, tier, mode, log)
+        plan = KILL_PLAN[fig["attempts"]] if fig["attempts"] < len(KILL_PLAN) else None
         fig["attempts"] += 1
         try:
-            if len(fig["kills"]) < KILLS:
-                ready = a.wait_for("READY")
-                first = a.wait_for("STEP") if ready is not None else None
-                if first is not None:
-                    frac = rng.random()
-                    time.sleep(frac * (first - ready))
-                    if a.proc.poll() is None:
-                        a.proc.send_signal(signal.SIGKILL)
-                        # (the step in flight, how far into a step's duration the kill came)
-                        fig["kills"].append((a.steps[-1] + 1, round(frac, 2)))
+            if plan == "random":
+                where = kill_at_random(a, rng)
+            elif plan == "checkpoint":
+                where = kill_in_checkpoint_write(a, run)
+            else:
+                where = None
             rc = a.finish()
         finally:
             if a.proc.poll() is None:
                 a.proc.kill()
                 a.proc.wait()
-        fig["steps_run"] += len(a.steps)
+        fig["steps_committed"] += len(a.steps)
         if rc == -signal.SIGKILL:
+            fig["kills"].append(where)
             left = sleepers(TOKEN)     # a daemon of a call in flight: swept by the next claim
             fig["leftovers_after_kill"] += len(left)
             fig.setdefault("left_pids", []).extend(left)
+            intact, _ = ckpt.newest_intact(run)           # what the resume will roll back to
+            logged = len((run / "metrics.jsonl").read_text().splitlines())
+            fig["steps_rolled_back"] += logged - (int(intact.name.split("_")[1]) if intact else 0)
             mode = "resume"
             continue
         assert rc == 0, f"worker exited {rc}; its stderr is in {log}:\n{log.read_text()[-3000:]}"
@@ -233,11 +268,11 @@ def check_store(run: Path, tier: str) -> int:
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_a_hostile_run_killed_twice_and_resumed_loses_nothing_and_leaves_nothing(tier, reference, tmp_path):
+def test_a_hostile_run_killed_three_times_and_resumed_loses_nothing_and_leaves_nothing(tier, reference, tmp_path):
     require(tier)
     run = tmp_path / "run"
     fig = soak(tier, run, tmp_path / "worker.log")
-    assert len(fig["kills"]) == KILLS, fig          # the kills did happen, in the middle of the run
+    assert len(fig["kills"]) == len(KILL_PLAN) and None not in fig["kills"], fig   # all in mid-run
     assert gone(fig.get("left_pids", []), TOKEN, within_s=0), fig   # swept by the resumed attempt
     assert gone(sleepers(TOKEN), TOKEN) and not sleepers(TOKEN), "a `sleep TOKEN` daemon survived"
     fig["calls"] = check_store(run, tier)
@@ -245,7 +280,6 @@ def test_a_hostile_run_killed_twice_and_resumed_loses_nothing_and_leaves_nothing
     for s in range(1, STEPS + 1):
         assert got[s] == reference[s], f"step {s} differs from the uninterrupted run"
     fig["steps_lost"] = STEPS - len(got)
-    fig["steps_redone"] = fig["steps_run"] - STEPS
     print(f"\nsoak {tier}: {fig}")
 
 
