@@ -97,8 +97,8 @@ What is NOT protected, per tier (be careful)
     timeout. The rlimits runner dies with it (parent-death signal), but as root the code under
     bubblewrap, and the daemons it started under rlimits, keep running as their sandbox uid until
     the next sandbox uid claim on the machine (any workbench's next pool or call) sweeps every
-    unheld uid and removes the rlimits work dirs it left; as a normal user, bubblewrap's `--die-with-parent` ends them at once and rlimits
-    daemons stay (see above).
+    unheld uid and removes the rlimits work dirs it left; as a normal user, bubblewrap's
+    `--die-with-parent` ends them at once and rlimits daemons stay (see above).
 
 Speed: a pool keeps one interpreter per worker already started and waiting for code on stdin, so a
 call pays only for the code itself; `python -I -S` starts in ~12 ms vs ~45 ms with site processing.
