@@ -80,6 +80,14 @@ def gone(pids: list[int], token: str, within_s: float = 3.0) -> bool:
     return True
 
 
+@pytest.fixture(autouse=True)
+def no_daemon_outlives_the_test():
+    """Even a failing test leaves no `sleep TOKEN` behind (after its own checks ran)."""
+    yield
+    for pid in sleepers(TOKEN):
+        os.kill(pid, signal.SIGKILL)
+
+
 def unusable(tier: str) -> str | None:
     """Why the soak cannot run on `tier` here, or None."""
     from tao_lab.sandbox import SandboxConfig, tier_status
@@ -185,7 +193,7 @@ def kill_in_checkpoint_write(a: Attempt, run: Path) -> str | None:
         if new:
             a.proc.send_signal(signal.SIGKILL)
             return f"writing {new[0][5:16]}"
-        time.sleep(0.002)
+        time.sleep(0.001)
     return None
 
 
