@@ -75,6 +75,15 @@ FILTER_B_THRESHOLD = 1e-3   # [paper][code] std(rewards) below this = a degenera
 
 REFILLS = ("duplicate", "subsample", "none", "dynamic")
 
+# How much work an update gets, so that arms compare fairly (TrainConfig.work, issue 16):
+#   equal_groups    every arm trains on B = data.prompts_per_step groups per update: an arm without a
+#                   refill (grpo, simpletir) has its ceil(B x oversample) groups trimmed to B, seeded,
+#                   as the authors' code does [code] (trainer.step_filter_config). Comparisons' default.
+#   equal_rollouts  every arm rolls out the same ceil(B x oversample) groups per step and trains on
+#                   whatever its filters keep (an arm without refill then trains on up to 2-3x B).
+#                   What runs made before this switch did (trainer.config_from_dict reads them so).
+WORK_MODES = ("equal_groups", "equal_rollouts")
+
 
 @dataclass
 class FilterConfig:

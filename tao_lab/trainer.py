@@ -155,6 +155,7 @@ class TrainConfig:
 
     method: str = "tao"              # the arm (methods/arms.py ARMS sets its switches, HOOKS its hooks)
     seed: int = 0                    # adapter init, task order, sampling and refill all derive from it
+    work: str = "equal_groups"       # what arms share per update: filters.WORK_MODES, step_filter_config
     merge_for_rollout: bool = True   # sample from W + s·BA merged (3x fewer matmuls); base restored exactly after
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -171,6 +172,12 @@ class TrainConfig:
     e3tir: E3TIRConfig = field(default_factory=E3TIRConfig)
     et_agent: EtAgentConfig = field(default_factory=EtAgentConfig)
     toolexpander: ToolExpanderConfig = field(default_factory=ToolExpanderConfig)
+
+    def __post_init__(self):
+        from . import checks
+
+        checks.choice(self, "work", filters_mod.WORK_MODES)
+        checks.number(self, "seed", lo=0, integer=True)
 
 
 # The stage sections of TrainConfig and their dataclasses (used by config_from_dict and --set).
@@ -189,7 +196,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 def config_from_dict(d: dict) -> TrainConfig:
     """Inverse of config_to_dict (lists become tuples where the dataclass wants them). A section a
     stored config lacks (a run made before it existed) takes its defaults."""
-    kw = {}
+    kw = {"work": "equal_rollouts"}      # a stored config without `work` predates it: what it did
     for f in fields(TrainConfig):
         if f.name in SECTIONS:
             kw[f.name] = SECTIONS[f.name](**d.get(f.name, {}))
@@ -201,6 +208,16 @@ def config_from_dict(d: dict) -> TrainConfig:
 def step_seed(seed: int, step: int, stream: int) -> int:
     """A seed for one stream (1 rollout, 2 refill, ...) of one step: resumable, no shared RNG state."""
     return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 31 - 1)
+
+
+def step_filter_config(cfg: TrainConfig, step: int) -> filters_mod.FilterConfig:
+    """The filter stage's config of one step: refill target B, the step's refill seed, and under
+    work="equal_groups" an arm without refill trimmed to B groups (refill="subsample") [code]."""
+    refill = cfg.filter.refill
+    if cfg.work == "equal_groups" and refill == "none":
+        refill = "subsample"
+    return replace(cfg.filter, target_groups=cfg.data.prompts_per_step, seed=step_seed(cfg.seed, step, 2),
+                   refill=refill)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -537,8 +554,7 @@ class Trainer:
                 rmetrics = self._score(trajs, s)
                 smetrics = self.prompt_source.observe(s, pbatch, trajs) or {}
             with timer("filter"):
-                fcfg = replace(cfg.filter, target_groups=B, seed=step_seed(cfg.seed, s, 2))
-                fres = filters_mod.apply(trajs, fcfg)
+                fres = filters_mod.apply(trajs, step_filter_config(cfg, s))
             with timer("advantage"):
                 batch, adv_all, ametrics = self.advantage_fn(trajs, fres, cfg.update.adv_std)
         except BaseException:
