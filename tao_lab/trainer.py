@@ -38,6 +38,7 @@ Not covered: multi-GPU, sequence packing, vLLM, off-policy replay, value functio
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -347,6 +348,9 @@ class StageTimer:
         finally:
             self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - t
 
+    def add(self, name: str, seconds: float) -> None:
+        self.s[name] = self.s.get(name, 0.0) + seconds
+
     def metrics(self) -> dict[str, float]:
         return {f"time/{k}_s": v for k, v in self.s.items()} | {"time/step_s": sum(self.s.values())}
 
@@ -510,7 +514,7 @@ class Trainer:
         hooks = resolve_hooks(cfg, self.tasks, tok, prompt_source, reward_fn, advantage_fn)
         self.prompt_source, self.reward_fn, self.advantage_fn = hooks.prompt_source, hooks.reward_fn, hooks.advantage_fn
         self.on_step = on_step
-        self.state = TrainState(source=self.prompt_source.state_dict())
+        self.state = TrainState(source=copy.deepcopy(self.prompt_source.state_dict()))
         self.device = self.params[0].device
         self._pool, self._own_pool = pool, pool is None
         self._critical, self._pending_signal = False, None
@@ -543,24 +547,14 @@ class Trainer:
     def step(self) -> StepLog:
         cfg, s = self.cfg, self.state.step + 1
         timer = StageTimer()
-        B = cfg.data.prompts_per_step
         try:
-            with timer("sample"):
-                pbatch = self.prompt_source.next_batch(s, math.ceil(B * cfg.data.oversample))
-            with timer("rollout"):
-                trajs, rstats = rollout_stage(self.model, self.tok, pbatch.tasks, cfg.rollout, self.pool,
-                                              step_seed(cfg.seed, s, 1), merge=cfg.merge_for_rollout, batch=pbatch)
-            with timer("reward"):
-                rmetrics = self._score(trajs, s)
-                smetrics = self.prompt_source.observe(s, pbatch, trajs) or {}
-            with timer("filter"):
-                fres = filters_mod.apply(trajs, step_filter_config(cfg, s))
+            trajs, fres, sample_metrics = self._sample_and_filter(s, timer)
             with timer("advantage"):
                 batch, adv_all, ametrics = self.advantage_fn(trajs, fres, cfg.update.adv_std)
         except BaseException:
             # the step did not happen: the source goes back to the last committed state, so a
             # retried (or resumed) step draws the same prompts
-            self.prompt_source.load_state_dict(self.state.source)
+            self.prompt_source.load_state_dict(copy.deepcopy(self.state.source))
             raise
         skip_reason = fres.skip_reason or ("" if batch.trajs else "no advantage row has a loss weight > 0")
         umetrics: dict[str, float] = {}
@@ -573,17 +567,65 @@ class Trainer:
                                              grad_clip=cfg.optim.grad_clip, temperature=cfg.rollout.temperature,
                                              max_new_tokens=cfg.rollout.max_new_tokens,
                                              before_optimizer_step=self._begin_critical)
-            log = self._commit(s, trajs, fres, adv_all, skip_reason, metric_parts=(
-                pbatch.info, smetrics, rstats.as_metrics(), rmetrics, fres.counts, ametrics, umetrics), timer=timer)
+            log = self._commit(s, trajs, fres, adv_all, skip_reason,
+                               metric_parts=(sample_metrics, fres.counts, ametrics, umetrics), timer=timer)
         except BaseException:
             if self.state.step < s:      # not committed: undo the source's draw (see above)
-                self.prompt_source.load_state_dict(self.state.source)
+                self.prompt_source.load_state_dict(copy.deepcopy(self.state.source))
             raise
         finally:
             self._critical = False       # an exception mid-step must not leave signals deferred
         if self.on_step is not None:
             self.on_step(log)
         return log
+
+    def _sample_and_filter(self, s: int, timer: StageTimer):
+        """Prompt source -> rollout -> reward -> observe -> filters: (trajs, FilterResult, metrics).
+
+        With filter.refill="dynamic" (DAPO, methods/dapo.py) the rounds repeat on fresh prompts
+        until B groups survive Filter B or filter.max_rounds rounds ran; round 0 is exactly the batch
+        a run without it rolls out, and the rounds' metrics are merged (dapo.merge_rounds)."""
+        cfg, fcfg = self.cfg, step_filter_config(self.cfg, s)
+        k0 = math.ceil(cfg.data.prompts_per_step * cfg.data.oversample)
+        if fcfg.refill != "dynamic":
+            trajs, info, metrics = self._sample_round(s, k0, 0, timer)
+            with timer("filter"):
+                fres = filters_mod.apply(trajs, fcfg)
+            return trajs, fres, {**info, **metrics}
+        from .methods.dapo import dynamic_sampling, merge_rounds
+
+        pool: list[Trajectory] = []
+        rounds: list[tuple[int, dict]] = []
+        info: dict = {}
+
+        def sample(need: int) -> list[Trajectory]:
+            nonlocal info
+            k = k0 if not rounds else math.ceil(need * cfg.data.oversample)
+            trajs, info, metrics = self._sample_round(s, k, len(rounds), timer,
+                                                      group_offset=1 + max((t.group_id for t in pool), default=-1))
+            pool.extend(trajs)
+            rounds.append((len(trajs), metrics))
+            return trajs
+
+        t0, inner = time.perf_counter(), sum(timer.s.values())
+        pool_out, fres = dynamic_sampling(sample, fcfg, cfg.filter.max_rounds)
+        timer.add("filter", time.perf_counter() - t0 - (sum(timer.s.values()) - inner))
+        return pool_out, fres, {**info, **merge_rounds(rounds)}
+
+    def _sample_round(self, s: int, k: int, rnd: int, timer: StageTimer, group_offset: int = 0):
+        """One round of k prompts: (trajs, the source's batch.info, rollout/reward/observe metrics).
+        Round 0 samples with the step's rollout seed; round r > 0 with its own (stream 100 + r)."""
+        cfg = self.cfg
+        with timer("sample"):
+            pbatch = self.prompt_source.next_batch(s, k)
+        with timer("rollout"):
+            seed = step_seed(cfg.seed, s, 1 if rnd == 0 else 100 + rnd)
+            trajs, rstats = rollout_stage(self.model, self.tok, pbatch.tasks, cfg.rollout, self.pool, seed,
+                                          group_offset=group_offset, merge=cfg.merge_for_rollout, batch=pbatch)
+        with timer("reward"):
+            rmetrics = self._score(trajs, s)
+            smetrics = self.prompt_source.observe(s, pbatch, trajs) or {}
+        return trajs, dict(pbatch.info), {**smetrics, **rstats.as_metrics(), **rmetrics}
 
     def _score(self, trajs: list[Trajectory], s: int) -> dict[str, float]:
         """The reward hook, then the verifier's verdict on every trajectory it left unchecked."""
@@ -604,7 +646,7 @@ class Trainer:
             with warnings.catch_warnings():   # a skipped step advances the schedule without an optimizer step
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 self.scheduler.step()
-            self.state = TrainState(step=s, source=self.prompt_source.state_dict())
+            self.state = TrainState(step=s, source=copy.deepcopy(self.prompt_source.state_dict()))
             metrics = {"step": s, "skipped": int(bool(skip_reason)), "lr": lr}
             for part in metric_parts:
                 metrics.update(part)

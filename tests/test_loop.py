@@ -4,6 +4,8 @@ resume)."""
 
 from __future__ import annotations
 
+import zlib
+
 import pytest
 
 from tao_lab import trainer as T
@@ -54,3 +56,63 @@ def test_the_cli_takes_work_on_train_grid_and_compare():
     assert p.parse_args(["compare", "runs/x", "--work", "equal_groups"]).work == "equal_groups"
     with pytest.raises(SystemExit):
         p.parse_args(["train", "--work", "equal"])
+
+
+# ----------------------------------------------------------------------------------------------
+# DAPO dynamic sampling from the Trainer
+
+
+def half_degenerate(trajs, step):
+    """Alternating rewards for tasks whose id hashes odd; all-zero (degenerate) groups otherwise."""
+    r = [float(t.sample_idx % 2) if zlib.crc32(t.task_id.encode()) % 2 else 0.0 for t in trajs]
+    for t, x in zip(trajs, r):
+        t.reward = x
+    return r, {"reward/mean": sum(r) / len(r)}
+
+
+def all_zero(trajs, step):
+    for t in trajs:
+        t.reward = 0.0
+    return [0.0] * len(trajs), {"reward/mean": 0.0}
+
+
+@pytest.fixture(scope="module")
+def dapo_step(tmp_path_factory):
+    """Step 1 of the dapo arm and of the same config with ordinary refill: (dapo log, plain log)."""
+    out = []
+    for refill in ("dynamic", "duplicate"):
+        cfg = tiny_cfg("filter.rules=filter_b", f"filter.refill={refill}", "data.prompts_per_step=3", method="dapo")
+        with T.Trainer(cfg, tmp_path_factory.mktemp(refill), reward_fn=half_degenerate) as tr:
+            out.append(tr.step())
+    return out
+
+
+def test_dynamic_sampling_rolls_out_fresh_prompts_until_b_informative_groups_survive(dapo_step):
+    log, plain = dapo_step
+    m, pool, fres = log.metrics, log.trajs, log.filter_result
+    groups = sorted({t.group_id for t in pool})
+    assert m["dynamic/rounds"] >= 2 and m["dynamic/short_by"] == 0
+    assert m["dynamic/sampled_groups"] == len(groups) == groups[-1] + 1      # fresh ids, round after round
+    assert len(set(fres.group_ids)) == 3 and not log.skipped                 # B groups in the update
+    kept = {g: [pool[i].reward for i in fres.index if pool[i].group_id == g] for g in set(fres.group_ids)}
+    assert all(len(set(r)) > 1 for r in kept.values())                       # none of them degenerate
+    assert m["rollout/n_episodes"] == len(pool)                              # counters summed over rounds
+    assert m["reward/mean"] == pytest.approx(sum(t.reward for t in pool) / len(pool))   # means weighted
+    assert m["data/cursor"] == len(groups)                                   # the source read every round
+
+
+def test_round_zero_of_dynamic_sampling_is_exactly_the_batch_without_it(dapo_step):
+    log, plain = dapo_step
+    first = [t for t in log.trajs if t.group_id < 3]
+    assert [(t.task_id, t.token_ids) for t in first] == [(t.task_id, t.token_ids) for t in plain.trajs]
+    later = [t for t in log.trajs if t.group_id >= 3]
+    assert later and {t.task_id for t in later}.isdisjoint({t.task_id for t in first})
+
+
+def test_dynamic_sampling_that_runs_out_of_rounds_says_how_many_groups_are_missing(tmp_path):
+    cfg = tiny_cfg("filter.rules=filter_b", "filter.max_rounds=2", method="dapo")
+    with T.Trainer(cfg, tmp_path, reward_fn=all_zero) as tr:
+        log = tr.step()
+    m = log.metrics
+    assert (m["dynamic/rounds"], m["dynamic/sampled_groups"], m["dynamic/short_by"]) == (2, 4, 2)
+    assert log.skipped and tr.state.source["cursor"] == 4
