@@ -59,6 +59,8 @@ import torch
 from . import checkpoint as ckpt
 from . import filters as filters_mod
 from .advantages import ShapingConfig
+from .config_changes import ConfigLog, apply_optim_changes, diff, replay
+from .config_changes import read as read_changes
 from .hooks import MethodHooks, PromptBatch, SeededStream
 from .loss import LossConfig
 from .methods.arpo import ArpoConfig
@@ -515,6 +517,7 @@ class Trainer:
         self.prompt_source, self.reward_fn, self.advantage_fn = hooks.prompt_source, hooks.reward_fn, hooks.advantage_fn
         self.on_step = on_step
         self.state = TrainState(source=copy.deepcopy(self.prompt_source.state_dict()))
+        self.config_log = ConfigLog(self.store.path, config_to_dict(cfg))
         self.device = self.params[0].device
         self._pool, self._own_pool = pool, pool is None
         self._critical, self._pending_signal = False, None
@@ -545,8 +548,9 @@ class Trainer:
 
     # -- one step
     def step(self) -> StepLog:
-        cfg, s = self.cfg, self.state.step + 1
-        timer = StageTimer()
+        s = self.state.step + 1
+        changes = self._config_changes(s)
+        cfg, timer = self.cfg, StageTimer()
         try:
             trajs, fres, sample_metrics = self._sample_and_filter(s, timer)
             with timer("advantage"):
@@ -568,7 +572,8 @@ class Trainer:
                                              max_new_tokens=cfg.rollout.max_new_tokens,
                                              before_optimizer_step=self._begin_critical)
             log = self._commit(s, trajs, fres, adv_all, skip_reason,
-                               metric_parts=(sample_metrics, fres.counts, ametrics, umetrics), timer=timer)
+                               metric_parts=(sample_metrics, fres.counts, ametrics, umetrics,
+                                             {"config/changes": len(changes)}), timer=timer)
         except BaseException:
             if self.state.step < s:      # not committed: undo the source's draw (see above)
                 self.prompt_source.load_state_dict(copy.deepcopy(self.state.source))
@@ -578,6 +583,14 @@ class Trainer:
         if self.on_step is not None:
             self.on_step(log)
         return log
+
+    def _config_changes(self, s: int) -> list[dict]:
+        """The config as it stands now (a notebook may have changed it) is validated, its changes
+        are recorded as taking effect at step s, and optimizer changes reach the optimizer."""
+        self.cfg = config_from_dict(config_to_dict(self.cfg))   # every section's checks, by field name
+        changes = self.config_log.check(config_to_dict(self.cfg), s)
+        apply_optim_changes(changes, self.optimizer, self.scheduler)
+        return changes
 
     def _sample_and_filter(self, s: int, timer: StageTimer):
         """Prompt source -> rollout -> reward -> observe -> filters: (trajs, FilterResult, metrics).
@@ -751,17 +764,40 @@ class Trainer:
             raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
                                     "start a new run with `tao-lab train` instead")
         saved = ckpt.read_state(path)
-        cfg = config_from_dict(saved["config"])
+        step = TrainState.from_saved(saved["state"]).step
+        cfg = resumed_config(run_dir, saved["config"], step)
         if steps is not None:
             cfg = replace(cfg, run=replace(cfg.run, steps=steps))
         tr = cls(cfg, run_dir, write_config=False, **kw)
         ckpt.load_into(path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
+        # the checkpoint's optimizer predates the changes of the step it resumes: apply those again
+        tr.config_log.truncate_after(step + 1)
+        apply_optim_changes([c for c in read_changes(run_dir) if c["step"] > step], tr.optimizer, tr.scheduler)
         tr.state = TrainState.from_saved(saved["state"])
-        tr.prompt_source.load_state_dict(tr.state.source)
+        tr.prompt_source.load_state_dict(copy.deepcopy(tr.state.source))
         ckpt.set_rng_state(ckpt.read_rng(path))
         tr._rng_snapshot = ckpt.rng_state()
         tr.store.truncate_after(tr.state.step)
         return tr
+
+
+def resumed_config(run_dir, saved_config: dict, step: int) -> TrainConfig:
+    """The config a run resumed after `step` continues with: the run's first config (config.json)
+    with the changes recorded up to step + 1 (the step it redoes) replayed; the checkpoint's config
+    where the run has no config.json. A field changed after the last recorded step never ran, so
+    it is not carried over (a warning names it)."""
+    store = RunStore(run_dir)
+    first = store.read_config().get("train") if (store.path / "config.json").exists() else None
+    base = first if first is not None else saved_config
+    changes = [c for c in read_changes(run_dir) if c["step"] <= step + 1]
+    replayed = config_from_dict(replay(base, changes, step + 1))
+    redone = {c["field"] for c in changes if c["step"] == step + 1} | {"run.steps"}   # after the checkpoint
+    unused = [c["field"] for c in diff(config_to_dict(config_from_dict(saved_config)), config_to_dict(replayed))
+              if c["field"] not in redone]
+    if first is not None and unused:
+        warnings.warn(f"resuming {run_dir} after step {step}: {unused} were changed after the last step that "
+                      f"ran and are not carried over (change them again on the resumed Trainer)", stacklevel=3)
+    return replayed
 
 
 def frame_of_logs(logs: Sequence[StepLog]) -> pd.DataFrame:

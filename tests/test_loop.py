@@ -5,10 +5,13 @@ resume)."""
 from __future__ import annotations
 
 import zlib
+from dataclasses import replace
 
 import pytest
 
+from tao_lab import config_changes
 from tao_lab import trainer as T
+from tao_lab.records import RunStore
 from tao_lab.cli import build_parser
 from train_helpers import alternating_reward, one_thread, tiny_cfg  # noqa: F401
 
@@ -116,3 +119,60 @@ def test_dynamic_sampling_that_runs_out_of_rounds_says_how_many_groups_are_missi
     m = log.metrics
     assert (m["dynamic/rounds"], m["dynamic/sampled_groups"], m["dynamic/short_by"]) == (2, 4, 2)
     assert log.skipped and tr.state.source["cursor"] == 4
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration changed between steps
+
+
+def crash_at_3(trajs, step):
+    if step == 3:
+        raise RuntimeError("the machine went away")
+    return alternating_reward(trajs, step)
+
+
+def test_config_changed_between_steps_is_recorded_reaches_the_optimizer_and_survives_a_resume(tmp_path):
+    cfg = tiny_cfg("run.steps=3", "run.save_every=1", "optim.lr=0.01", "shaping.coef=0.01")
+    with T.Trainer(cfg, tmp_path, reward_fn=crash_at_3) as tr:
+        tr.step()
+        tr.cfg = replace(tr.cfg, shaping=replace(tr.cfg.shaping, coef=0.05), optim=replace(tr.cfg.optim, lr=0.005))
+        log2 = tr.step()
+        assert log2.metrics["lr"] == 0.005 and log2.metrics["config/changes"] == 2
+        assert [g["lr"] for g in tr.optimizer.param_groups] == [0.005]
+        tr.cfg.optim.lr = 0.002                      # in place, as a widget may; after checkpoint 2
+        with pytest.raises(RuntimeError, match="went away"):
+            tr.step()                                # step 3 recorded the change, then crashed
+    lines = config_changes.read(tmp_path)
+    assert [(c["step"], c["field"], c["old"], c["new"]) for c in lines] == [
+        (2, "shaping.coef", 0.01, 0.05), (2, "optim.lr", 0.01, 0.005), (3, "optim.lr", 0.005, 0.002)]
+    with T.Trainer.resume(tmp_path, reward_fn=alternating_reward) as tr:
+        assert tr.state.step == 2
+        assert (tr.cfg.shaping.coef, tr.cfg.optim.lr) == (0.05, 0.002)     # replayed up to step 3
+        assert [g["lr"] for g in tr.optimizer.param_groups] == [0.002]
+        log3 = tr.step()
+    assert log3.metrics["lr"] == 0.002 and log3.metrics["config/changes"] == 0
+    assert config_changes.read(tmp_path) == lines                          # nothing recorded twice
+    assert list(RunStore(tmp_path).metrics()["lr"]) == [0.01, 0.005, 0.002]
+
+
+def test_a_bad_or_frozen_change_between_steps_is_refused_naming_the_field(tmp_path):
+    with T.Trainer(tiny_cfg("run.steps=3"), tmp_path, reward_fn=alternating_reward) as tr:
+        tr.cfg.shaping.coef = -1.0
+        with pytest.raises(ValueError, match="coef"):
+            tr.step()
+        tr.cfg.shaping.coef = 0.01
+        tr.cfg.model.lora_r = 8
+        with pytest.raises(ValueError, match=r"model.lora_r.*new run"):
+            tr.step()
+    assert not config_changes.read(tmp_path)
+
+
+def test_a_change_made_after_the_last_step_is_not_carried_over_and_the_resume_says_so(tmp_path):
+    with T.Trainer(tiny_cfg("run.steps=3", "run.save_every=5"), tmp_path, reward_fn=alternating_reward) as tr:
+        tr.step()
+        tr.cfg.shaping.coef = 0.2                    # never ran: no step started after it
+        tr.save_checkpoint()                         # as an interrupt would (its config holds 0.2)
+    with pytest.warns(UserWarning, match=r"\['shaping.coef'\] were changed after the last step"):
+        tr = T.Trainer.resume(tmp_path, reward_fn=alternating_reward)
+    assert tr.cfg.shaping.coef == 0.01 and not config_changes.read(tmp_path)
+    tr.close()
