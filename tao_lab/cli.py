@@ -261,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .filters import WORK_MODES
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_run_commands(sub, WORK_MODES)
+    _add_experiment_commands(sub, WORK_MODES)
+    return p
+
+
+def _add_run_commands(sub, work_modes) -> None:
+    """One run: fetch-model, rollout, train, resume, eval, report, demo."""
     f = sub.add_parser("fetch-model", help="fetch and cache the embedded default model; print its folder")
     f.add_argument("--force", action="store_true", help="fetch again even if cached")
     f.set_defaults(fn=cmd_fetch_model)
@@ -286,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
     t.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
-    t.add_argument("--work", default=None, choices=WORK_MODES,
+    t.add_argument("--work", default=None, choices=work_modes,
                    help="equal_groups (default: B groups per update for every arm) | equal_rollouts")
     t.set_defaults(fn=cmd_train)
 
@@ -324,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.set_defaults(fn=cmd_demo)
 
+
+def _add_experiment_commands(sub, work_modes) -> None:
+    """Several runs or another stage: grid, compare, sft."""
     g = sub.add_parser("grid", help="run or resume an experiment grid (arms x seeds); `grid status DIR` shows progress")
     g.add_argument("spec", help="a .toml/.json grid spec, or the word `status`")
     g.add_argument("dir", nargs="?", default=None, help="with `status`: the grid folder")
@@ -331,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1, help="cells at a time (jobs x threads <= cores)")
     g.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     g.add_argument("--in-process", action="store_true", help="run the cells one by one in this process")
-    g.add_argument("--work", default=None, choices=WORK_MODES,
+    g.add_argument("--work", default=None, choices=work_modes,
                    help="override the spec's work: equal_groups | equal_rollouts (an old grid ran equal_rollouts)")
     g.set_defaults(fn=cmd_grid)
 
@@ -341,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     c.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    c.add_argument("--work", default=None, choices=WORK_MODES,
+    c.add_argument("--work", default=None, choices=work_modes,
                    help="compare only the runs made under this work mode (printed beside every number)")
     c.set_defaults(fn=cmd_compare)
 
@@ -354,7 +364,6 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an SFT run from its newest checkpoint")
     sf.add_argument("--quiet-bar", action="store_true")
     sf.set_defaults(fn=cmd_sft)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
