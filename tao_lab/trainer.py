@@ -414,8 +414,9 @@ class Trainer:
     def _config_changes(self, s: int) -> list[dict]:
         """The config as it stands now (a notebook may have changed it) is validated, its changes
         are recorded as taking effect at step s, and optimizer changes reach the optimizer."""
-        self.cfg = config_from_dict(config_to_dict(self.cfg))   # every section's checks, by field name
-        changes = self.config_log.check(config_to_dict(self.cfg), s)
+        now = config_to_dict(self.cfg)
+        config_from_dict(now)     # every section's checks again (an in-place edit skipped them); self.cfg
+        changes = self.config_log.check(now, s)   # stays the object the caller may still be editing
         apply_optim_changes(changes, self.optimizer, self.scheduler)
         return changes
 
@@ -449,6 +450,7 @@ class Trainer:
 
         t0, inner = time.perf_counter(), sum(timer.s.values())
         pool_out, fres = dynamic_sampling(sample, fcfg, cfg.filter.max_rounds)
+        # the rounds timed their own stages; the filter passes between them are the rest
         timer.add("filter", time.perf_counter() - t0 - (sum(timer.s.values()) - inner))
         return pool_out, fres, {**info, **merge_rounds(rounds)}
 

@@ -176,3 +176,29 @@ def test_a_change_made_after_the_last_step_is_not_carried_over_and_the_resume_sa
         tr = T.Trainer.resume(tmp_path, reward_fn=alternating_reward)
     assert tr.cfg.shaping.coef == 0.01 and not config_changes.read(tmp_path)
     tr.close()
+
+
+def test_a_config_edited_in_place_through_the_callers_reference_still_counts(tmp_path):
+    cfg = tiny_cfg("run.steps=3")
+    with T.Trainer(cfg, tmp_path, reward_fn=alternating_reward) as tr:
+        tr.step()
+        cfg.optim.lr = 0.003                          # the notebook's own `cfg`, not tr.cfg
+        assert tr.step().metrics["lr"] == 0.003
+    assert [(c["step"], c["field"]) for c in config_changes.read(tmp_path)] == [(2, "optim.lr")]
+
+
+def test_an_lr_change_under_the_exponential_schedule_keeps_the_decay_so_far():
+    import torch
+
+    from tao_lab.optim import OptimConfig, make_optimizer
+    opt, sched = make_optimizer([torch.nn.Parameter(torch.zeros(2))],
+                                OptimConfig(lr=0.1, schedule="exponential", gamma=0.5, optimizer="adamw"))
+    for _ in range(2):
+        opt.step()
+        sched.step()                                  # lr 0.1 -> 0.05 -> 0.025
+    config_changes.apply_optim_changes([{"field": "optim.lr", "old": 0.1, "new": 0.2},
+                                        {"field": "optim.gamma", "old": 0.5, "new": 0.25}], opt, sched)
+    assert sched.get_last_lr() == pytest.approx([0.05]) and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr() == pytest.approx([0.0125])   # 0.2 · 0.5² · 0.25: the new γ from now on
