@@ -577,14 +577,16 @@ class Trainer:
 
 def resumed_config(run_dir, saved_config: dict, step: int) -> TrainConfig:
     """The config a run resumed after `step` continues with: the run's first config (config.json)
-    with the changes recorded up to step + 1 (the step it redoes) replayed; the checkpoint's config
-    where the run has no config.json. A field changed after the last recorded step never ran, so
-    it is not carried over (a warning names it)."""
+    with the changes recorded up to step + 1 (the step it redoes) replayed, and the checkpoint's
+    run.steps; the checkpoint's config where the run has no config.json. A field changed after the
+    last recorded step never ran, so it is not carried over (a warning names it)."""
     store = RunStore(run_dir)
     first = store.read_config().get("train") if (store.path / "config.json").exists() else None
     base = first if first is not None else saved_config
     changes = [c for c in read_changes(run_dir) if c["step"] <= step + 1]
     replayed = config_from_dict(replay(base, changes, step + 1))
+    # the run's length is the last invocation's (`tao-lab resume --steps N` lengthened it)
+    replayed.run.steps = config_from_dict(saved_config).run.steps
     redone = {c["field"] for c in changes if c["step"] == step + 1} | {"run.steps"}   # after the checkpoint
     unused = [c["field"] for c in diff(config_to_dict(config_from_dict(saved_config)), config_to_dict(replayed))
               if c["field"] not in redone]

@@ -202,3 +202,15 @@ def test_an_lr_change_under_the_exponential_schedule_keeps_the_decay_so_far():
     opt.step()
     sched.step()
     assert sched.get_last_lr() == pytest.approx([0.0125])   # 0.2 · 0.5² · 0.25: the new γ from now on
+
+
+def test_a_run_lengthened_on_resume_keeps_its_new_length_on_the_next_resume(tmp_path):
+    with T.Trainer(tiny_cfg("run.steps=1"), tmp_path, reward_fn=alternating_reward) as tr:
+        tr.train()
+    with T.Trainer.resume(tmp_path, steps=3, reward_fn=alternating_reward) as tr:
+        tr.step()                                     # step 2 of 3, then "interrupted"
+        tr.save_checkpoint()
+    with T.Trainer.resume(tmp_path, reward_fn=alternating_reward) as tr:
+        assert tr.cfg.run.steps == 3
+        tr.train()
+    assert list(RunStore(tmp_path).metrics()["step"]) == [1, 2, 3]
