@@ -251,7 +251,8 @@ def sentences(summary: pd.DataFrame, level: float = 0.95) -> list[str]:
     """One sentence per paired comparison: does the interval separate the arms?"""
     out = []
     for r in summary[summary["kind"] == "paired"].itertuples():
-        head = (f"{r.arm} − {r.other} (work={r.work}), held-out {r.metric} after {r.step} steps: {r.mean:+.3f}, {level:.0%} CI "
+        head = (f"{r.arm} − {r.other} (work={r.work}), held-out {r.metric} after {r.step} steps: "
+                f"{r.mean:+.3f}, {level:.0%} CI "
                 f"[{r.lo:+.3f}, {r.hi:+.3f}] over {int(r.n_seeds)} paired seeds × {int(r.n_tasks)} tasks: ")
         if r.lo > 0 or r.hi < 0:
             word = "higher" if r.lo > 0 else "lower"

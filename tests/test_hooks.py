@@ -21,7 +21,7 @@ from tao_lab.hooks import PromptBatch, seeded_order
 from tao_lab.records import RunStore
 from tao_lab.rewards import RewardConfig, score
 from tao_lab.update import compute_advantages
-from train_helpers import adapter, alternating_reward, one_thread, tiny_cfg  # noqa: F401
+from train_helpers import adapter, alternating_reward, one_thread, pool, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,13 +68,13 @@ def task_ids(run, step):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, pool):
     """Three uninterrupted steps with ReplaySource: (run dir, source, adapter after step 3)."""
     run = tmp_path_factory.mktemp("straight")
     from tao_lab.tasks import load_tasks
     tasks = load_tasks("arith-L1", split="train", limit=16)
     src = ReplaySource(tasks)
-    with T.Trainer(cfg(3), run, tasks=tasks, prompt_source=src, reward_fn=alternating_reward) as tr:
+    with T.Trainer(cfg(3), run, tasks=tasks, prompt_source=src, pool=pool, reward_fn=alternating_reward) as tr:
         logs = tr.train()
         return run, tasks, src, logs, adapter(tr.model)
 
@@ -92,7 +92,7 @@ def test_a_custom_prompt_source_feeds_every_step_and_its_state_is_checkpointed(s
     assert step2["cursor"] < src.cursor or step2["queue"] != src.queue
 
 
-def test_an_interrupted_run_resumes_with_exactly_the_prompts_and_weights_of_the_straight_run(straight, tmp_path):
+def test_an_interrupted_run_resumes_with_exactly_the_prompts_and_weights_of_the_straight_run(straight, tmp_path, pool):
     run, tasks, _, _, want = straight
 
     def interrupt_at_3(trajs, step):
@@ -100,12 +100,13 @@ def test_an_interrupted_run_resumes_with_exactly_the_prompts_and_weights_of_the_
             raise KeyboardInterrupt
         return alternating_reward(trajs, step)
 
-    with T.Trainer(cfg(3), tmp_path, tasks=tasks, prompt_source=ReplaySource(tasks), reward_fn=interrupt_at_3) as tr:
+    with T.Trainer(cfg(3), tmp_path, tasks=tasks, prompt_source=ReplaySource(tasks), pool=pool,
+                   reward_fn=interrupt_at_3) as tr:
         with pytest.raises(KeyboardInterrupt):
             tr.train()
     assert ckpt.latest(tmp_path) == 2
     src = ReplaySource(tasks)
-    with T.Trainer.resume(tmp_path, tasks=tasks, prompt_source=src, reward_fn=alternating_reward) as tr:
+    with T.Trainer.resume(tmp_path, tasks=tasks, prompt_source=src, pool=pool, reward_fn=alternating_reward) as tr:
         assert tr.state.step == 2 and src.state_dict() == tr.state.source
         tr.train()
         got = adapter(tr.model)
@@ -113,7 +114,7 @@ def test_an_interrupted_run_resumes_with_exactly_the_prompts_and_weights_of_the_
     assert all(torch.allclose(want[n], got[n], atol=1e-6) for n in want)
 
 
-def test_a_step_that_raises_midway_gives_its_draw_back_and_the_retry_draws_the_same_prompts(straight, tmp_path):
+def test_a_step_that_raises_midway_gives_its_draw_back_and_the_retry_draws_the_same_prompts(straight, tmp_path, pool):
     run, tasks, _, _, _ = straight
     fail = {"left": 1}
 
@@ -124,7 +125,7 @@ def test_a_step_that_raises_midway_gives_its_draw_back_and_the_retry_draws_the_s
         return alternating_reward(trajs, step)
 
     src = ReplaySource(tasks)
-    with T.Trainer(cfg(3), tmp_path, tasks=tasks, prompt_source=src, reward_fn=flaky) as tr:
+    with T.Trainer(cfg(3), tmp_path, tasks=tasks, prompt_source=src, pool=pool, reward_fn=flaky) as tr:
         tr.step()
         after_1 = src.state_dict()
         with pytest.raises(RuntimeError, match="reward server"):
@@ -134,14 +135,14 @@ def test_a_step_that_raises_midway_gives_its_draw_back_and_the_retry_draws_the_s
     assert src.drawn[1] == src.drawn[2] == task_ids(run, 2)    # failed draw, retry, straight run
 
 
-def test_a_shaped_reward_never_makes_a_wrong_answer_correct(tmp_path):
+def test_a_shaped_reward_never_makes_a_wrong_answer_correct(tmp_path, pool):
     def bonus(trajs, step):           # the verifier's reward plus a format bonus on odd samples
         rewards, metrics = score(trajs, RewardConfig(), step=step)
         for t in trajs:
             t.reward += 0.5 * (t.sample_idx % 2)
         return [t.reward for t in trajs], metrics
 
-    with T.Trainer(cfg(1), tmp_path, reward_fn=bonus) as tr:
+    with T.Trainer(cfg(1), tmp_path, pool=pool, reward_fn=bonus) as tr:
         log = tr.step()
     trajs = log.trajs                 # a random tiny model never answers right
     assert all(t.correct is False for t in trajs) and any(t.reward > 0 for t in trajs)
@@ -159,12 +160,12 @@ def test_a_shaped_reward_never_makes_a_wrong_answer_correct(tmp_path):
     assert compare._eval_samples(tmp_path)["correct"].sum() == 0
 
 
-def _one_step_grad_norm(run, advantage_fn=None):
-    with T.Trainer(cfg(1), run, reward_fn=alternating_reward, advantage_fn=advantage_fn) as tr:
+def _one_step_grad_norm(run, pool, advantage_fn=None):
+    with T.Trainer(cfg(1), run, pool=pool, reward_fn=alternating_reward, advantage_fn=advantage_fn) as tr:
         return tr.step().metrics["update/grad_norm"]
 
 
-def test_per_token_advantages_of_an_advantage_hook_reach_the_update(tmp_path):
+def test_per_token_advantages_of_an_advantage_hook_reach_the_update(tmp_path, pool):
     def token_level(scale, first_half_only=False):
         def fn(trajs, fres, std):
             batch, adv, metrics = compute_advantages(trajs, fres, std)
@@ -178,32 +179,32 @@ def test_per_token_advantages_of_an_advantage_hook_reach_the_update(tmp_path):
             return batch, adv, {**metrics, "adv/hook": 1.0}
         return fn
 
-    base = _one_step_grad_norm(tmp_path / "a")
-    same = _one_step_grad_norm(tmp_path / "b", token_level(1.0))
-    double = _one_step_grad_norm(tmp_path / "c", token_level(2.0))
-    half = _one_step_grad_norm(tmp_path / "d", token_level(1.0, first_half_only=True))
+    base = _one_step_grad_norm(tmp_path / "a", pool)
+    same = _one_step_grad_norm(tmp_path / "b", pool, token_level(1.0))
+    double = _one_step_grad_norm(tmp_path / "c", pool, token_level(2.0))
+    half = _one_step_grad_norm(tmp_path / "d", pool, token_level(1.0, first_half_only=True))
     assert base > 0
     assert same == pytest.approx(base, rel=1e-5)        # broadcasting the row advantage changes nothing
     assert double == pytest.approx(2 * base, rel=1e-3)  # the loss is linear in A at ratio 1
     assert abs(half - base) > 1e-3 * base               # and the per-token values are the ones used
 
 
-def test_a_checkpoint_with_a_bare_cursor_resumes_like_the_straight_run(tmp_path):
+def test_a_checkpoint_with_a_bare_cursor_resumes_like_the_straight_run(tmp_path, pool):
     straight, old = tmp_path / "straight", tmp_path / "old"
-    with T.Trainer(cfg(3), straight, reward_fn=alternating_reward) as tr:
+    with T.Trainer(cfg(2), straight, pool=pool, reward_fn=alternating_reward) as tr:
         tr.train()
-    with T.Trainer(cfg(2), old, reward_fn=alternating_reward) as tr:
+    with T.Trainer(cfg(1), old, pool=pool, reward_fn=alternating_reward) as tr:
         tr.train()
     path = ckpt.latest_path(old)
     saved = json.loads((path / "state.json").read_text())
     cursor = saved["state"]["source"]["cursor"]
-    saved["state"] = {"step": 2, "cursor": cursor}            # the format before prompt sources
+    saved["state"] = {"step": 1, "cursor": cursor}            # the format before prompt sources
     (path / "state.json").write_text(json.dumps(saved))
-    assert T.TrainState.from_saved(saved["state"]) == T.TrainState(step=2, source={"cursor": cursor})
-    with T.Trainer.resume(old, steps=3, reward_fn=alternating_reward) as tr:
+    assert T.TrainState.from_saved(saved["state"]) == T.TrainState(step=1, source={"cursor": cursor})
+    with T.Trainer.resume(old, steps=2, pool=pool, reward_fn=alternating_reward) as tr:
         assert tr.prompt_source.cursor == cursor
         tr.train()
-    assert task_ids(old, 3) == task_ids(straight, 3)
+    assert task_ids(old, 2) == task_ids(straight, 2)
 
 
 def test_runs_stored_before_verdicts_fall_back_to_reward_with_a_warning():

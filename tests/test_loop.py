@@ -13,7 +13,7 @@ from tao_lab import config_changes
 from tao_lab import trainer as T
 from tao_lab.records import RunStore
 from tao_lab.cli import build_parser
-from train_helpers import alternating_reward, one_thread, tiny_cfg  # noqa: F401
+from train_helpers import alternating_reward, one_thread, pool, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,9 +43,9 @@ def test_the_step_filter_config_trims_an_arm_without_refill_to_b_groups_under_eq
 
 
 @pytest.mark.parametrize("work, groups", [("equal_groups", 2), ("equal_rollouts", 4)])
-def test_grpo_with_oversampling_trains_on_b_groups_only_under_equal_groups(tmp_path, work, groups):
+def test_grpo_with_oversampling_trains_on_b_groups_only_under_equal_groups(tmp_path, work, groups, pool):
     cfg = tiny_cfg("data.oversample=2", f"work={work}", method="grpo")
-    with T.Trainer(cfg, tmp_path, reward_fn=alternating_reward) as tr:
+    with T.Trainer(cfg, tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         log = tr.step()
     assert len({t.group_id for t in log.trajs}) == 4                  # ceil(2 x 2) groups rolled out
     assert len(set(log.filter_result.group_ids)) == groups            # groups in the update
@@ -80,12 +80,12 @@ def all_zero(trajs, step):
 
 
 @pytest.fixture(scope="module")
-def dapo_step(tmp_path_factory):
+def dapo_step(tmp_path_factory, pool):
     """Step 1 of the dapo arm and of the same config with ordinary refill: (dapo log, plain log)."""
     out = []
     for refill in ("dynamic", "duplicate"):
         cfg = tiny_cfg("filter.rules=filter_b", f"filter.refill={refill}", "data.prompts_per_step=3", method="dapo")
-        with T.Trainer(cfg, tmp_path_factory.mktemp(refill), reward_fn=half_degenerate) as tr:
+        with T.Trainer(cfg, tmp_path_factory.mktemp(refill), pool=pool, reward_fn=half_degenerate) as tr:
             out.append(tr.step())
     return out
 
@@ -112,9 +112,9 @@ def test_round_zero_of_dynamic_sampling_is_exactly_the_batch_without_it(dapo_ste
     assert later and {t.task_id for t in later}.isdisjoint({t.task_id for t in first})
 
 
-def test_dynamic_sampling_that_runs_out_of_rounds_says_how_many_groups_are_missing(tmp_path):
+def test_dynamic_sampling_that_runs_out_of_rounds_says_how_many_groups_are_missing(tmp_path, pool):
     cfg = tiny_cfg("filter.rules=filter_b", "filter.max_rounds=2", method="dapo")
-    with T.Trainer(cfg, tmp_path, reward_fn=all_zero) as tr:
+    with T.Trainer(cfg, tmp_path, pool=pool, reward_fn=all_zero) as tr:
         log = tr.step()
     m = log.metrics
     assert (m["dynamic/rounds"], m["dynamic/sampled_groups"], m["dynamic/short_by"]) == (2, 4, 2)
@@ -131,9 +131,9 @@ def crash_at_3(trajs, step):
     return alternating_reward(trajs, step)
 
 
-def test_config_changed_between_steps_is_recorded_reaches_the_optimizer_and_survives_a_resume(tmp_path):
+def test_config_changed_between_steps_is_recorded_reaches_the_optimizer_and_survives_a_resume(tmp_path, pool):
     cfg = tiny_cfg("run.steps=3", "run.save_every=1", "optim.lr=0.01", "shaping.coef=0.01")
-    with T.Trainer(cfg, tmp_path, reward_fn=crash_at_3) as tr:
+    with T.Trainer(cfg, tmp_path, pool=pool, reward_fn=crash_at_3) as tr:
         tr.step()
         tr.cfg = replace(tr.cfg, shaping=replace(tr.cfg.shaping, coef=0.05), optim=replace(tr.cfg.optim, lr=0.005))
         log2 = tr.step()
@@ -145,7 +145,7 @@ def test_config_changed_between_steps_is_recorded_reaches_the_optimizer_and_surv
     lines = config_changes.read(tmp_path)
     assert [(c["step"], c["field"], c["old"], c["new"]) for c in lines] == [
         (2, "shaping.coef", 0.01, 0.05), (2, "optim.lr", 0.01, 0.005), (3, "optim.lr", 0.005, 0.002)]
-    with T.Trainer.resume(tmp_path, reward_fn=alternating_reward) as tr:
+    with T.Trainer.resume(tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         assert tr.state.step == 2
         assert (tr.cfg.shaping.coef, tr.cfg.optim.lr) == (0.05, 0.002)     # replayed up to step 3
         assert [g["lr"] for g in tr.optimizer.param_groups] == [0.002]
@@ -155,8 +155,8 @@ def test_config_changed_between_steps_is_recorded_reaches_the_optimizer_and_surv
     assert list(RunStore(tmp_path).metrics()["lr"]) == [0.01, 0.005, 0.002]
 
 
-def test_a_bad_or_frozen_change_between_steps_is_refused_naming_the_field(tmp_path):
-    with T.Trainer(tiny_cfg("run.steps=3"), tmp_path, reward_fn=alternating_reward) as tr:
+def test_a_bad_or_frozen_change_between_steps_is_refused_naming_the_field(tmp_path, pool):
+    with T.Trainer(tiny_cfg("run.steps=3"), tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         tr.cfg.shaping.coef = -1.0
         with pytest.raises(ValueError, match="coef"):
             tr.step()
@@ -167,20 +167,21 @@ def test_a_bad_or_frozen_change_between_steps_is_refused_naming_the_field(tmp_pa
     assert not config_changes.read(tmp_path)
 
 
-def test_a_change_made_after_the_last_step_is_not_carried_over_and_the_resume_says_so(tmp_path):
-    with T.Trainer(tiny_cfg("run.steps=3", "run.save_every=5"), tmp_path, reward_fn=alternating_reward) as tr:
+def test_a_change_made_after_the_last_step_is_not_carried_over_and_the_resume_says_so(tmp_path, pool):
+    cfg = tiny_cfg("run.steps=3", "run.save_every=5")
+    with T.Trainer(cfg, tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         tr.step()
         tr.cfg.shaping.coef = 0.2                    # never ran: no step started after it
         tr.save_checkpoint()                         # as an interrupt would (its config holds 0.2)
     with pytest.warns(UserWarning, match=r"\['shaping.coef'\] were changed after the last step"):
-        tr = T.Trainer.resume(tmp_path, reward_fn=alternating_reward)
+        tr = T.Trainer.resume(tmp_path, pool=pool, reward_fn=alternating_reward)
     assert tr.cfg.shaping.coef == 0.01 and not config_changes.read(tmp_path)
     tr.close()
 
 
-def test_a_config_edited_in_place_through_the_callers_reference_still_counts(tmp_path):
+def test_a_config_edited_in_place_through_the_callers_reference_still_counts(tmp_path, pool):
     cfg = tiny_cfg("run.steps=3")
-    with T.Trainer(cfg, tmp_path, reward_fn=alternating_reward) as tr:
+    with T.Trainer(cfg, tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         tr.step()
         cfg.optim.lr = 0.003                          # the notebook's own `cfg`, not tr.cfg
         assert tr.step().metrics["lr"] == 0.003
@@ -204,13 +205,13 @@ def test_an_lr_change_under_the_exponential_schedule_keeps_the_decay_so_far():
     assert sched.get_last_lr() == pytest.approx([0.0125])   # 0.2 · 0.5² · 0.25: the new γ from now on
 
 
-def test_a_run_lengthened_on_resume_keeps_its_new_length_on_the_next_resume(tmp_path):
-    with T.Trainer(tiny_cfg("run.steps=1"), tmp_path, reward_fn=alternating_reward) as tr:
+def test_a_run_lengthened_on_resume_keeps_its_new_length_on_the_next_resume(tmp_path, pool):
+    with T.Trainer(tiny_cfg("run.steps=1"), tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         tr.train()
-    with T.Trainer.resume(tmp_path, steps=3, reward_fn=alternating_reward) as tr:
+    with T.Trainer.resume(tmp_path, steps=3, pool=pool, reward_fn=alternating_reward) as tr:
         tr.step()                                     # step 2 of 3, then "interrupted"
         tr.save_checkpoint()
-    with T.Trainer.resume(tmp_path, reward_fn=alternating_reward) as tr:
+    with T.Trainer.resume(tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
         assert tr.cfg.run.steps == 3
         tr.train()
     assert list(RunStore(tmp_path).metrics()["step"]) == [1, 2, 3]
