@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMPS := .stamps
 export TAO_LAB_HOME ?= $(HOME)/.cache/tao_lab
 
-.PHONY: setup model demo test test-fast test-browser lab bench clean verl test-verl
+.PHONY: setup model demo test test-fast test-browser lab bench docs clean verl test-verl
 
 setup: $(STAMPS)/venv $(STAMPS)/apt
 
@@ -47,6 +47,16 @@ test-browser: setup model
 
 lab: setup model
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Every notebook executed (full size; SMOKE=1 for the smoke sizes) and exported to docs/NAME.html.
+SMOKE ?= 0
+docs: setup model
+	@mkdir -p docs
+	@for nb in notebooks/*.ipynb; do \
+	  echo "executing $$nb"; \
+	  TAO_LAB_SMOKE=$(SMOKE) $(VENV)/bin/jupyter nbconvert --to html \
+	    --execute --ExecutePreprocessor.timeout=3600 --output-dir docs "$$nb" || exit 1; \
+	done
 
 bench: setup model
 	$(PY) benchmarks/sandbox_throughput.py

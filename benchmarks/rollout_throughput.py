@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--n-prompts", type=int, default=4)
+    ap.add_argument("--out", default=str(RESULTS), help="result JSON (default: the saved result)")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for both sides (0 = torch's default). On a shared, busy machine "
                          "1 avoids OpenMP spin-wait collapse; the ratio is what to read")
@@ -110,13 +111,14 @@ def main():
               "machine": {"platform": platform.platform(), "fp32_matmul_gflops": gflops,
                           "torch": torch.__version__},
               "runs": rows, "summary": summary, "speedup": speedup}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
     print(f"\nprompt tokens {plen}; fp32 matmul {gflops:.1f} GFLOP/s; forward {fpt / 1e6:.0f} MFLOP/token")
     print(f"{'impl':24s} {'tok/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
     for name, s in summary.items():
         print(f"{name:24s} {s['tokens_per_s']:8.1f} {s['gflops']:8.1f} {100 * s['fraction_of_matmul_peak']:6.1f}%")
-    print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {RESULTS}")
+    print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {out}")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import time
 
 import pandas as pd
 
-from tao_lab.sandbox import SandboxConfig, SandboxPool, resolve_tier, run_code, tier_status
+from tao_lab.sandbox import TIER_CAVEATS, SandboxConfig, SandboxPool, resolve_tier, run_code, tier_status
 from tao_lab.toolcall import (cut_after_call, find_tool_call, format_observation, is_valid_call,
                               is_void_turn, truncate_middle)
 
@@ -73,8 +73,8 @@ assert err.status == "error" and err.stderr.strip().splitlines()[-1].startswith(
 #
 # | tier | what it adds | what it does **not** protect |
 # |---|---|---|
-# | `bubblewrap` | new PID/network/IPC namespaces, read-only `/usr` + the Python install, private size-capped `/tmp` as working dir, no host home or repo, everything dies with the call; plus the rlimits | kernel attack surface (no seccomp), CPU share and disk bandwidth (no cgroup); the code can read the Python install and site-packages it is given |
-# | `rlimits` | CPU, address space, file size, process count, core dumps off, scrubbed env, temp working dir, process-group kill | **no network or filesystem isolation**: the code reads what its uid can; as a normal user it runs as *you* (signals your processes; a `setsid` daemon escapes). As root it drops to a sandbox uid. macOS: no memory cap |
+# | `bubblewrap` | new PID/network/IPC namespaces, read-only `/usr` + the Python install, private size-capped `/tmp` as working dir, no host home or repo (so no task files), everything dies with the call; plus the rlimits, NO_NEW_PRIVS and a seccomp filter that refuses new user namespaces | the host kernel (the filter is small), CPU share and disk bandwidth (no cgroup); the code can read the Python install and site-packages it is given |
+# | `rlimits` | CPU, address space, file size, process count, core dumps off, scrubbed env, temp working dir, process-group kill; NO_NEW_PRIVS and the user-namespace filter (Linux). As root: a sandbox uid (everything of it killed after the call) and the task files hidden | **no network or filesystem isolation**: the code reads what its uid can -- as a normal user that includes **the task files with their gold answers** (`data/*.jsonl`, a reward-hacking path); it runs as *you* (signals your processes; a `setsid` daemon escapes). macOS: no memory cap. Choosing it warns (`SandboxWarning`) |
 # | `http` | whatever the SandboxFusion-style service does | the service's trust boundary is yours to check |
 
 # %%
@@ -83,7 +83,7 @@ tier = resolve_tier(SandboxConfig())
 pd.DataFrame({"tier": list(status), "status": list(status.values())})
 
 # %%
-print("tier in force:", tier)
+print("tier in force:", tier, "--", TIER_CAVEATS[tier])  # what it does not protect, in one line
 assert tier in ("bubblewrap", "rlimits") and status[tier] == "ok" and res.tier == tier
 
 # %% [markdown]

@@ -37,12 +37,12 @@ import torch
 
 from tao_lab.models import load_policy
 from tao_lab.plots import use_offline_renderer
-from tao_lab.records import RunStore, tokens_frame, trajectories_frame
+from tao_lab.records import RunStore, is_correct, tokens_frame, trajectories_frame
 from tao_lab.rewards import RewardConfig, score
 from tao_lab.rollout import RolloutConfig, generate
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 from tao_lab.tasks import build_messages, load_tasks, render_prompt
-from tao_lab.tokenview import TokenView
+from tao_lab.tokenview import GroupView, TokenView
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"     # tests run this notebook at tiny sizes
 N_TASKS, G, MAX_NEW = (3, 4, 160) if SMOKE else (8, 8, 320)
@@ -100,17 +100,19 @@ for template in ("zero_shot", "few_shot"):
 gap = pd.DataFrame([{
     "template": name,
     "used the tool": sum(t.n_tool_calls > 0 for t in trajs) / len(trajs),
-    "valid calls / calls": sum(t.n_valid_calls for t in trajs) / max(1, sum(t.n_tool_calls for t in trajs)),
-    "accuracy": sum(t.reward for t in trajs) / len(trajs),
+    "valid calls (share of calls)": sum(t.n_valid_calls for t in trajs) / max(1, sum(t.n_tool_calls for t in trajs)),
+    "accuracy": sum(is_correct(t) for t in trajs) / len(trajs),
     "void turn": sum(t.void_turn for t in trajs) / len(trajs),
 } for name, (trajs, _) in runs.items()])
 gap
 
 # %%
 alt.Chart(gap.melt("template", var_name="rate")).mark_bar().encode(
-    x=alt.X("value:Q", title="fraction of episodes", scale=alt.Scale(domain=[0, 1])),
-    y=alt.Y("template:N", title=None), color="template:N", row=alt.Row("rate:N", title=None),
-).properties(width=360, height=40, title="The tool-use gap: the same model, with and without demonstrations")
+    x=alt.X("value:Q", title="share (of episodes; of calls for valid calls)", scale=alt.Scale(domain=[0, 1])),
+    y=alt.Y("template:N", title=None), color=alt.Color("template:N", legend=None),
+).properties(width=360, height=40).facet(
+    row=alt.Row("rate:N", title=None, header=alt.Header(labelAngle=0, labelAlign="left", labelFontSize=12)),
+).properties(title="The tool-use gap: the same model, with and without demonstrations")
 
 # %% [markdown]
 # Zero-shot, the model almost never writes code: it answers from "memory" and is wrong. Two
@@ -131,6 +133,16 @@ assert used["few_shot"] > used["zero_shot"], used
 few, _ = runs["few_shot"]
 episode = max(few, key=lambda t: (t.n_valid_calls > 0, t.reward, -len(t.token_ids)))
 TokenView(episode, tok, color_by="entropy")
+
+# %% [markdown]
+# GRPO learns from a *group*: the G episodes of one prompt, each scored against the others. Here
+# they are side by side, on **one** colour scale, each headed by the verifier's verdict and its
+# reward. A group where every episode is right (or every one is wrong) teaches nothing: all its
+# advantages are 0 — that is what TAO-RL's Filter B removes (notebook 03).
+
+# %%
+group = [t for t in few if t.group_id == episode.group_id]
+GroupView(group, tok, color_by="entropy")
 
 # %% [markdown]
 # ## 5. Tool calls and per-token records

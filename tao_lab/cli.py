@@ -51,12 +51,15 @@ def cmd_rollout(args) -> int:
     from .sandbox import SandboxConfig, SandboxPool
     from .tasks import load_tasks
 
+    try:   # bad input fails here, before the model loads
+        tasks = load_tasks(args.tasks, split=args.split, limit=args.n)
+        cfg = RolloutConfig(group_size=args.group, max_new_tokens=args.max_new_tokens, template=args.template,
+                            protocol=args.protocol, temperature=args.temperature, seed=args.seed)
+    except ValueError as e:
+        return _error(e)
+    out = Path(args.out)
     model, tok = load_policy(args.model, lora=False)
     model.eval()
-    tasks = load_tasks(args.tasks, split=args.split, limit=args.n)
-    out = Path(args.out)
-    cfg = RolloutConfig(group_size=args.group, max_new_tokens=args.max_new_tokens, template=args.template,
-                        protocol=args.protocol, temperature=args.temperature, seed=args.seed)
     with SandboxPool(config=SandboxConfig(timeout_s=cfg.tool_timeout_s)) as pool:
         trajs, stats, rm = _rollout_run(model, tok, tasks, cfg, out, 0, pool, args.template)
     print(_summary_line(args.template, trajs, stats, rm))
@@ -80,6 +83,7 @@ def _eval_line(label: str, m: dict) -> str:
 
 
 def cmd_train(args) -> int:
+    from . import rundir
     from .presets import make_config
     from .trainer import Trainer
 
@@ -96,6 +100,7 @@ def cmd_train(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = Path(cfg.run.out_dir)
+    rundir.check_fresh(out)    # before the model loads; main() prints the RunDirError
     if (out / "checkpoints").exists() and any((out / "checkpoints").iterdir()):
         print(f"error: {out} already holds a run; continue it with `tao-lab resume {out}` or pass --out NEW_DIR",
               file=sys.stderr)
@@ -124,6 +129,12 @@ def cmd_eval(args) -> int:
     from .rollout import RolloutConfig
     from .tasks import load_tasks
 
+    try:   # bad input fails here, before the model loads
+        ecfg = EvalConfig(tasks=args.tasks, split=args.split, limit=args.n, k=args.k,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed)
+        tasks = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
+    except ValueError as e:
+        return _error(e)
     if args.run:
         model, tok, cfg, step = load_trained(args.run)
         rollout, label = cfg.rollout, args.label or f"step_{step:06d}"
@@ -131,9 +142,6 @@ def cmd_eval(args) -> int:
     else:
         model, tok = load_policy(args.model, lora=False)
         rollout, label, where = RolloutConfig(), args.label or "base", Path(args.out)
-    ecfg = EvalConfig(tasks=args.tasks, split=args.split, limit=args.n, k=args.k,
-                      max_new_tokens=args.max_new_tokens, seed=args.seed)
-    tasks = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
     trajs, metrics = evaluate(model, tok, tasks, ecfg, rollout)
     path = save_eval(where, label, trajs, metrics, config={"eval": ecfg.__dict__, "model": args.run or args.model})
     print(_eval_line(label, metrics))
@@ -288,7 +296,8 @@ def _add_run_commands(sub, work_modes) -> None:
 
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
     t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
-    t.add_argument("--method", default="tao", help="grpo | simpletir | tao | tao_code | dapo | ... (methods/arms.py)")
+    t.add_argument("--method", default="tao",
+                   help="grpo | simpletir | tao | tao_code | dapo | et_agent | ... (methods/arms.py)")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
@@ -365,17 +374,34 @@ def _add_experiment_commands(sub, work_modes) -> None:
     sf.add_argument("--quiet-bar", action="store_true")
     sf.set_defaults(fn=cmd_sft)
 
+    from .methods.et_agent_pipeline import add_arguments as et_agent_arguments
+    et_agent_arguments(sub.add_parser("et-agent", help="ET-Agent's phases in order: data flywheel -> SFT -> "
+                                      "behaviour-calibration RL stages (resumable)"))
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tao_lab import threads
 
     threads.apply()  # once, before any model is built (TAO_LAB_THREADS overrides)
+    from .checkpoint import CheckpointError
+    from .rundir import RunDirError
+    from .runstore_repair import RunStoreError
+    from .tasks import TaskError
+
     try:
         return args.fn(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (TaskError, RunDirError, RunStoreError, CheckpointError, FileNotFoundError) as e:
+        return _error(e)   # bad input or a damaged run: one line naming it, no traceback
+
+
+def _error(e: BaseException) -> int:
+    msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else f"{e.strerror}: {e.filename}"
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -42,6 +42,16 @@ class EvalConfig:
     max_new_tokens: int = 256        # completion budget
     seed: int = 1234                 # sampling seed (same seed before and after training)
 
+    def __post_init__(self):
+        from . import checks
+
+        checks.number(self, "limit", lo=1, integer=True, none_ok=True)
+        checks.number(self, "k", lo=1, integer=True)
+        checks.number(self, "temperature", lo=0, hi=10)
+        checks.number(self, "max_turns", lo=1, integer=True)
+        checks.number(self, "max_new_tokens", lo=1, integer=True)
+        checks.number(self, "seed", integer=True)
+
 
 def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfig, pool=None,
              reward: RewardConfig | None = None, merge: bool = True) -> tuple[list[Trajectory], dict[str, float]]:
@@ -67,8 +77,18 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
 
 def save_eval(run_dir: str | os.PathLike, label: str, trajs: list[Trajectory], metrics: dict,
               config: dict | None = None) -> Path:
-    """Store an evaluation as its own run under run_dir/evals/<label>/ (report.py reads it)."""
-    store = RunStore(Path(run_dir) / "evals" / label)
+    """Store an evaluation as its own run under run_dir/evals/<label>/ (report.py reads it).
+
+    Never overwrites: if <label> already holds an evaluation, this one is saved as <label>-2 (-3, ...)
+    and both stay, so an 8-task "after" is never silently replaced by a 4-task one."""
+    base = Path(run_dir) / "evals"
+    path, k = base / label, 2
+    while (path / "metrics.jsonl").exists():
+        path, k = base / f"{label}-{k}", k + 1
+    if path.name != label:
+        print(f"an evaluation named {label!r} exists; keeping it and saving this one as {path.name!r}")
+        label = path.name
+    store = RunStore(path)
     if config is not None:
         store.write_config(config)
     store.write_step(0, trajs)

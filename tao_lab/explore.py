@@ -384,16 +384,32 @@ def advantage_table(trajs: list[Trajectory], settings: dict[str, FilterConfig],
                       for name, cfg in settings.items()], ignore_index=True)
 
 
-def shaped_trace(shaped: pd.DataFrame, row: int | None = None, max_rows: int = 4000) -> pd.DataFrame:
-    """A and Ã along one advantage row (default: the first row with a gated token), long format.
+def _informative_row(s: pd.DataFrame) -> int:
+    import warnings
+    moving = s[s["adv"] != 0]
+    gated = moving.loc[moving["gate"] == 1, "row"]
+    if len(gated):
+        return int(gated.iloc[0])
+    if len(moving):
+        warnings.warn("no row with A != 0 has a gated (post-tool) token: the shaping leaves this trace unchanged")
+        return int(moving["row"].iloc[0])
+    warnings.warn("every advantage row has A = 0 (all groups all-correct or all-wrong): the trace is flat "
+                  "whatever the coefficient; sample a step with mixed groups")
+    return int(s["row"].iloc[0]) if len(s) else 0
 
+
+def shaped_trace(shaped: pd.DataFrame, row: int | None = None, max_rows: int = 4000) -> pd.DataFrame:
+    """A and Ã along one advantage row, long format.
+
+    The default row is an informative one: gated tokens AND A != 0 (a row of an all-equal group has
+    A = 0 everywhere, so no coefficient could move its trace); else any row with A != 0, with a
+    warning that nothing is gated; else the first row, with a warning that every trace is flat.
     Columns: row, traj, pos, gate, piece (a run of consecutive trainable tokens: lines break
     between pieces, i.e. at tool outputs), which ("A" / "Ã"), value; forced and zero-weight tokens omitted.
     """
     s = shaped[shaped["loss_mask"] > 0]
     if row is None:
-        gated = s.loc[s["gate"] == 1, "row"]
-        row = int(gated.iloc[0]) if len(gated) else (int(s["row"].iloc[0]) if len(s) else 0)
+        row = _informative_row(s)
     d = s[s["row"] == row]
     d = d.assign(piece=(d["pos"].diff() != 1).cumsum())
     long = pd.concat([d.assign(which="A", value=d["adv"]), d.assign(which="Ã", value=d["adv_shaped"])])

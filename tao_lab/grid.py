@@ -208,11 +208,11 @@ def train_cell(spec: GridSpec, arm: Arm, seed: int, out: str | os.PathLike, prog
         return json.loads((run_dir / DONE).read_text())
     t0 = time.perf_counter()
     cfg = make_cell_config(spec, arm, seed, run_dir)
-    if ckpt.latest(run_dir) is not None:
+    if ckpt.newest_intact(run_dir)[0] is not None:
         tr = Trainer.resume(run_dir, steps=spec.steps, reward_fn=_reward_fn(spec))
         resumed_from = tr.state.step
-    else:
-        for stale in ("metrics.jsonl", "steps", "evals", "checkpoints"):   # a start that never checkpointed
+    else:   # a start that never checkpointed: begin again (rundir.check_fresh wants an empty folder)
+        for stale in ("config.json", "metrics.jsonl", "lost_steps.json", "steps", "evals", "checkpoints"):
             p = run_dir / stale
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         tr, resumed_from = Trainer(cfg, run_dir, reward_fn=_reward_fn(spec)), None

@@ -43,8 +43,26 @@ STATUS_COLOURS = {"all correct": "#2ca02c", "all wrong": "#d62728", "mixed": "#1
 SEGMENT_COLOURS = {"after tool output": "#d62728", "first turn": "#1f77b4"}
 TOKEN_KIND_COLOURS = {"gated": "#d62728", "other": "#7f7f7f"}
 ROLE_COLOURS = {"trains": "#1f77b4", "baseline only (weight 0)": "#ff7f0e", "dropped": "#7f7f7f"}
-_REASON_PALETTE = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#1f77b4",
-                   "#2ca02c", "#aec7e8", "#ffbb78", "#98df8a"]
+# One colour per filter reason (filters.py's Decision reasons), in every chart and the report, so
+# that removing a rule never recolours the others. Red = all correct/wrong groups (Filter B),
+# orange = overlong, purple = tool failures (Filter A), grey = what passed.
+REASON_COLOURS = {
+    "passed": "#c7c7c7", "all_correct": "#2ca02c", "all_wrong": "#d62728", "singleton": "#7f7f7f",
+    "overlong": "#ff7f0e", "too_few_not_overlong": "#ffbb78", "void_turn": "#8c564b",
+    "dropped": "#9467bd", "masked": "#c5b0d5", "group_too_small": "#e377c2", "group_degenerate": "#f7b6d2",
+    "subsampled": "#17becf", "duplicated": "#1f77b4",
+}
+_SPARE = ["#bcbd22", "#dbdb8d", "#9edae5", "#aec7e8", "#98df8a", "#393b79"]
+
+
+def reason_scale(present) -> alt.Scale:
+    """The fixed reason colours for the reasons present (an unknown reason gets a spare colour
+    chosen from its name, so it too keeps its colour between redraws)."""
+    import zlib
+    domain = [r for r in REASON_COLOURS if r in set(present)]
+    extra = sorted(set(present) - set(REASON_COLOURS))
+    colours = [REASON_COLOURS[r] for r in domain] + [_SPARE[zlib.crc32(r.encode()) % len(_SPARE)] for r in extra]
+    return alt.Scale(domain=domain + extra, range=colours)
 
 
 def _check(df: pd.DataFrame, fn: str, needs: list[str], binner: str) -> None:
@@ -69,13 +87,11 @@ def _scale(colours: dict[str, str], present) -> alt.Scale:
 def funnel_chart(funnel: pd.DataFrame, title: str = "What each filter rule did, in run order") -> alt.Chart:
     """What did each filter rule drop or re-weight, and why (trajectories per rule, coloured by reason)?"""
     _check(funnel, "funnel_chart", ["stage", "label", "outcome", "reason", "n"], "explore.funnel_frame(result)")
-    reasons = ["passed"] + sorted(set(funnel["reason"]) - {"passed"})
-    colours = ["#c7c7c7"] + [_REASON_PALETTE[i % len(_REASON_PALETTE)] for i in range(len(reasons) - 1)]
     return alt.Chart(funnel, title=title).mark_bar().encode(
         y=alt.Y("label:N", sort=alt.EncodingSortField("stage", op="min"), title=None,
                 axis=alt.Axis(labelLimit=400)),
         x=alt.X("n:Q", title="trajectories entering the rule"),
-        color=alt.Color("reason:N", scale=alt.Scale(domain=reasons, range=colours), title="reason"),
+        color=alt.Color("reason:N", scale=reason_scale(["passed", *funnel["reason"]]), title="reason"),
         order=alt.Order("outcome:N", sort="descending"),
         tooltip=["label:N", "outcome:N", "reason:N", "n:Q"],
     ).properties(width=420)
@@ -229,17 +245,44 @@ def entropy_heatmap(heat: pd.DataFrame, title: str | None = None) -> alt.LayerCh
 # Training
 
 
+# Plain panel titles (with units) for the metric keys people look at most; reward comes first.
+METRIC_TITLES = {
+    "reward/mean": "mean reward", "reward/accuracy": "accuracy (verifier)",
+    "eval/avg@4": "held-out Avg@4", "tool/calls_per_traj": "tool calls per episode",
+    "tool/success_rate": "tool success rate", "tool/all_failed_rate": "share of episodes whose calls all failed",
+    "tool/void_turn_rate": "void-turn rate", "tool/truncated_rate": "overlong rate",
+    "groups/all_wrong_rate": "all-wrong groups (share)", "groups/all_correct_rate": "all-correct groups (share)",
+    "filter/b_drop_rate": "Filter B drop rate", "entropy/post_tool_mean": "entropy after tool output (nats)",
+    "entropy/other_mean": "entropy elsewhere (nats)", "entropy/sampled_mean": "entropy, sampled tokens (nats)",
+    "loss/policy": "policy loss", "loss/kl": "KL to the reference", "grad/norm": "gradient norm",
+    "rollout/sampled_len_mean": "sampled tokens per episode", "time/step_s": "step time (s)",
+    "lr": "learning rate",
+}
+
+
+def metric_title(key: str) -> str:
+    """A metric key's plain title ("tool/success_rate" -> "tool success rate")."""
+    return METRIC_TITLES.get(key, key.replace("/", " · ").replace("_", " "))
+
+
 def learning_curves(metrics: pd.DataFrame, columns: int = 3, title: str = "Metrics over training steps"):
     """How does each metric change over training steps (one panel per metric, own y scale)?
 
-    Takes the long frame of explore.metrics_long (step, metric, value).
+    Takes the long frame of explore.metrics_long (step, metric, value). Panels get plain titles
+    (METRIC_TITLES), reward panels come first, constant metrics are left out (a flat panel says
+    nothing) and the step axis shows whole steps.
     """
     _check(metrics, "learning_curves", ["step", "metric", "value"], "explore.metrics_long(store.metrics())")
-    return alt.Chart(metrics).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="step"), y=alt.Y("value:Q", title=None),
-        tooltip=["metric:N", "step:Q", "value:Q"],
+    spread = metrics.groupby("metric")["value"].agg(lambda v: v.max() - v.min())
+    varying = [m for m in dict.fromkeys(metrics["metric"]) if spread.get(m, 0) > 0] or list(dict.fromkeys(metrics["metric"]))
+    order = sorted(varying, key=lambda m: (not m.startswith("reward/"), varying.index(m)))
+    df = metrics[metrics["metric"].isin(order)].assign(panel=lambda d: d["metric"].map(metric_title))
+    panels = [metric_title(m) for m in order]
+    return alt.Chart(df).mark_line(point=True).encode(
+        x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
+        y=alt.Y("value:Q", title=None), tooltip=["panel:N", "step:Q", "value:Q"],
     ).properties(width=200, height=120).facet(
-        facet=alt.Facet("metric:N", title=None), columns=columns,
+        facet=alt.Facet("panel:N", title=None, sort=panels), columns=min(columns, len(panels)),
     ).resolve_scale(y="independent").properties(title=title)
 
 

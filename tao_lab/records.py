@@ -19,6 +19,7 @@ Run store layout (one folder per run):
     run_dir/config.json            the config the run was made with (+ seeds, versions, git rev)
     run_dir/metrics.jsonl          one JSON object per step
     run_dir/steps/step_000001.parquet   trajectories of that step, per-token data as list columns
+    run_dir/lost_steps.json        steps whose file a crash damaged (runstore_repair.py: problems / repair)
 """
 
 from __future__ import annotations
@@ -264,8 +265,7 @@ class RunStore:
     """A run folder on disk: config, per-step trajectories (parquet), metrics (JSONL)."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        (self.path / "steps").mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)   # nothing is created until something is written (readers never write)
 
     # -- config
     def write_config(self, config: dict[str, Any]) -> None:
@@ -289,8 +289,11 @@ class RunStore:
                 r[name] = v
         df = pd.DataFrame(rows)
         path = self.step_path(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         df.to_parquet(tmp, index=False)
+        with open(tmp, "rb") as f:    # on disk before the rename, so a crash never leaves half a file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
         return path
 
@@ -298,7 +301,16 @@ class RunStore:
         return sorted(int(p.stem.split("_")[1]) for p in (self.path / "steps").glob("step_*.parquet"))
 
     def read_step_frame(self, step: int) -> pd.DataFrame:
-        return pd.read_parquet(self.step_path(step))
+        """One step's trajectories; a damaged file raises RunStoreError naming it (not a raw arrow error)."""
+        from .runstore_repair import RunStoreError, step_file_problem
+        try:
+            return pd.read_parquet(self.step_path(step))
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            why = step_file_problem(self.step_path(step)) or f"{type(e).__name__}: {e}"
+            raise RunStoreError(f"{self.step_path(step)}: {why}; RunStore({str(self.path)!r}).repair() marks "
+                                f"the step lost (`tao-lab resume` does it too)") from e
 
     def read_step(self, step: int) -> list[Trajectory]:
         return [trajectory_from_row(r) for r in self.read_step_frame(step).to_dict("records")]
@@ -315,29 +327,36 @@ class RunStore:
     def tokens(self, step: int) -> pd.DataFrame:
         return tokens_frame(self.read_step(step))
 
-    def truncate_after(self, step: int) -> None:
+    def truncate_after(self, step: int) -> list[str]:
         """Drop the metric lines and step files of steps after `step` (a crashed run's tail, before a
-        resume redoes them); metrics.jsonl is rewritten atomically."""
-        p = self.path / "metrics.jsonl"
-        if p.exists():
-            lines = [ln for ln in p.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-            if len(kept) != len(lines):
-                _atomic_write_bytes(p, ("\n".join(kept) + "\n" if kept else "").encode())
-        for s in self.steps():
-            if s > step:
-                self.step_path(s).unlink()
+        resume redoes them), and repair what a crash damaged; returns what was done."""
+        return self.repair(step)
+
+    def problems(self) -> list[str]:
+        """What is damaged in this store (partial lines, repeated steps, unreadable step files)."""
+        from .runstore_repair import problems
+        return problems(self)
+
+    def repair(self, step: int | None = None) -> list[str]:
+        """See runstore_repair.repair: drop partial lines, mark damaged steps lost, end at `step`."""
+        from .runstore_repair import repair
+        return repair(self, step)
 
     # -- metrics
     def append_metrics(self, metrics: dict[str, Any]) -> None:
+        """One strict-JSON line (nan/inf written as null) per call, fsynced."""
+        from .runstore_repair import metrics_line
+        self.path.mkdir(parents=True, exist_ok=True)
         with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics, default=float) + "\n")
+            f.write(metrics_line(metrics))
             f.flush()
             os.fsync(f.fileno())
 
     def metrics(self) -> pd.DataFrame:
-        p = self.path / "metrics.jsonl"
-        if not p.exists():
-            return pd.DataFrame()
-        lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-        return pd.DataFrame(lines)
+        """All metric lines; a partial last line (a crash mid-write) is skipped with a RunStoreWarning."""
+        import warnings
+        from .runstore_repair import RunStoreWarning, read_metrics_lines
+        rows, notes = read_metrics_lines(self.path / "metrics.jsonl")
+        for note in notes:
+            warnings.warn(note, RunStoreWarning, stacklevel=2)
+        return pd.DataFrame(rows)

@@ -31,6 +31,7 @@ import pandas as pd
 from . import explore, plots
 from .filters import RULES
 from .records import RunStore
+from .runstore_repair import step_file_problem
 from .tokenview import token_view_html
 
 # Curves shown in the learning-curve panel, in this order, when the run logged them.
@@ -63,7 +64,8 @@ def funnel_steps_chart(df: pd.DataFrame) -> alt.Chart:
         raise ValueError("no filter rule dropped or re-weighted anything in this run, or no rule ran")
     return alt.Chart(df, title="Filter decisions per step (trajectories, or groups for group rules)").mark_bar().encode(
         x=alt.X("step:O", title="step"), y=alt.Y("n:Q", title="count"),
-        color=alt.Color("reason:N", title="reason"), tooltip=["step:O", "rule:N", "reason:N", "n:Q"],
+        color=alt.Color("reason:N", title="reason", scale=plots.reason_scale(df["reason"])),
+        tooltip=["step:O", "rule:N", "reason:N", "n:Q"],
     ).properties(width=220, height=130).facet(facet=alt.Facet("rule:N", title=None), columns=4)
 
 
@@ -115,16 +117,71 @@ def _table(df: pd.DataFrame, cols: list[str]) -> str:
 
 
 def _episodes(store: RunStore, tok, k: int = 2) -> str:
+    """The last step's k best episodes (correct first, then more valid calls) and its worst one, each
+    a different text: refill duplicates and identical samples are shown once."""
     steps = store.steps()
     if not steps or tok is None:
         return "<p>(no stored trajectories, or no tokenizer to show them)</p>"
+    readable = [k for k in steps if step_file_problem(store.step_path(k)) is None]
+    if not readable:
+        return "<p>(no readable step file: see the damage listed at the top)</p>"
+    steps = readable
     trajs = store.read_step(steps[-1])
-    order = sorted(range(len(trajs)), key=lambda i: (-(trajs[i].reward or 0), -trajs[i].n_valid_calls))
+    distinct = list({trajs[i].text: i for i in reversed(range(len(trajs)))}.values())[::-1]
+    order = sorted(distinct, key=lambda i: (not trajs[i].correct, -(trajs[i].reward or 0), -trajs[i].n_valid_calls))
     picks = order[:k] + [i for i in order[::-1][:1] if i not in order[:k]]
     parts = []
     for i in picks:
-        parts.append(f"<h4>step {steps[-1]}, trajectory {i}</h4>" + token_view_html(trajs[i], tok, color_by="entropy"))
+        t = trajs[i]
+        verdict = {True: "correct", False: "wrong", None: "not verified"}[t.correct]
+        parts.append(f"<h4>step {steps[-1]}, episode {i} of task {html.escape(t.task_id)}: {verdict}, reward "
+                     f"{(t.reward or 0):.2f}, {t.n_tool_calls} tool call(s)</h4>"
+                     + token_view_html(t, tok, color_by="entropy"))
     return "\n".join(parts)
+
+
+def eval_label(label: str) -> str:
+    """A saved evaluation's label in words: step_000000 -> "before training", step_000006 -> "after step 6"."""
+    stem, _, copy = label.partition("-")
+    if stem.startswith("step_") and stem[5:].isdigit():
+        n = int(stem[5:])
+        words = "before training" if n == 0 else f"after step {n}"
+        return words + (f" (copy {copy})" if copy else "")
+    return label
+
+
+def headline(train_cfg: dict, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict[str, str]:
+    """What the run was and what it did, in one line of facts: method, model, tasks, steps, wall time,
+    and the held-out accuracy before -> after with its sample size."""
+    last = metrics.iloc[-1]
+    wall = float(metrics["time/step_s"].sum()) if "time/step_s" in metrics else float("nan")
+    head = {"method": train_cfg.get("method", "?"), "model": train_cfg.get("model", {}).get("name", "?"),
+            "tasks": train_cfg.get("data", {}).get("tasks", "?"), "steps": str(int(last["step"])),
+            "skipped steps": str(int(metrics.get("skipped", pd.Series([0])).sum())),
+            "training time": f"{wall / 60:.1f} min" if wall == wall else "?"}
+    avg = [c for c in evals.columns if c.startswith("eval/avg@")] if not evals.empty else []
+    if avg and len(evals) >= 1:
+        col = avg[0]
+        first, final = evals.iloc[0], evals.iloc[-1]
+        n = int(final.get("eval/n_tasks", 0)) * int(final.get("eval/k", 1) or 1)
+        if len(evals) > 1:
+            head[f"held-out {col[5:]}"] = (f"{first[col]:.3f} → {final[col]:.3f} ({n} samples; "
+                                           f"{eval_label(first['label'])} → {eval_label(final['label'])})")
+        else:
+            head[f"held-out {col[5:]}"] = f"{final[col]:.3f} ({n} samples; {eval_label(final['label'])})"
+    return head
+
+
+def config_table(train_cfg: dict) -> str:
+    """The TrainConfig as a two-column table (section.field, value), one row per field."""
+    rows = []
+    for section, value in train_cfg.items():
+        if isinstance(value, dict):
+            rows += [(f"{section}.{k}", v) for k, v in value.items()]
+        else:
+            rows.append((section, value))
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table class='t cfg'><tr><th>field</th><th>value</th></tr>{body}</table>"
 
 
 def _safe(fn, *args):
@@ -140,6 +197,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
     import vl_convert as vlc
 
     run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():   # a read command never writes: check before RunStore
+        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl; is it a training run folder?")
     store = RunStore(run_dir)
     metrics = store.metrics()
     if metrics.empty:
@@ -157,22 +216,26 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
         chart, note = _safe(fn, *args)
         charts.append(chart)
         notes.append(note)
-    steps = store.steps()
-    offset_chart, note = (None, "no stored trajectories")
+    damage = store.problems()                      # read-only: listed on the page, never repaired here
+    steps = [k for k in store.steps() if step_file_problem(store.step_path(k)) is None]
+    offset_chart, note = (None, "no readable stored trajectories")
     if steps:
         tokens = explore.token_table(store.read_step(steps[-1]))
         offset_chart, note = _safe(plots.entropy_after_tool_chart, explore.entropy_by_offset(tokens))
     evals = eval_frame(run_dir)
     k_cols = [c for c in evals.columns if c.startswith(("eval/avg@", "eval/pass@"))] if not evals.empty else []
-    eval_html = _table(evals, ["label"] + k_cols + ["tool/used_rate", "tool/success_rate", "tool/calls_per_traj",
-                                                    "tool/void_turn_rate", "reward/no_answer_rate", "eval/n_tasks"]) \
-        if not evals.empty else "<p>(no evaluation saved under evals/)</p>"
+    if not evals.empty:
+        shown = evals.assign(label=evals["label"].map(eval_label))
+        cols = {"label": "evaluation", **{c: c[5:] for c in k_cols}, "eval/n_tasks": "tasks",
+                "tool/used_rate": "used tool", "tool/success_rate": "tool success",
+                "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer"}
+        eval_html = _table(shown.rename(columns=cols), list(cols.values()))
+    else:
+        eval_html = "<p>(no evaluation saved under evals/)</p>"
 
     last = metrics.iloc[-1]
-    head = {"method": train_cfg.get("method", "?"), "model": train_cfg.get("model", {}).get("name", "?"),
-            "tasks": train_cfg.get("data", {}).get("tasks", "?"), "steps": int(last["step"]),
-            "skipped steps": int(metrics.get("skipped", pd.Series([0])).sum()),
-            "git": config.get("git_revision", "?")[:12]}
+    head = headline(train_cfg, metrics, evals)
+    head["git"] = config.get("git_revision", "?")[:12]
     blocks = []
     n = 0
 
@@ -182,26 +245,29 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
         n += 1
         blocks.append(f"<h2>{title}</h2>{text}{body}")
 
-    section("Learning curves", charts[0], notes[0],
+    section("Is the policy improving?", charts[0], notes[0],
             "<p>Rollout reward and accuracy, tool use, Filter-B drop rate, entropy and update health per step.</p>")
-    section("Filter funnel over steps", charts[1], notes[1])
-    section("Entropy: post-tool vs other tokens", charts[2], notes[2])
+    section("What did the filters drop, and why?", charts[1], notes[1])
+    section("Is the policy less certain after tool output?", charts[2], notes[2])
     section("Entropy by distance from the tool output (last step)", offset_chart, note)
-    section("Time per stage", charts[3], notes[3],
+    section("Where does a step spend its time?", charts[3], notes[3],
             f"<p>Peak resident memory: {last.get('mem/peak_rss_mb', float('nan')):.0f} MB.</p>")
     blocks.append(f"<h2>Held-out evaluation</h2>{eval_html}")
     blocks.append(f"<h2>Episodes of the last step</h2>{_episodes(store, tokenizer)}")
-    cfg_json = html.escape(json.dumps(train_cfg, indent=1))
+    damage_html = ("<div class='note'><b>This run store is damaged</b> (shown as found; "
+                   "<code>tao-lab resume</code> repairs it):<ul>"
+                   + "".join(f"<li>{html.escape(d)}</li>" for d in damage) + "</ul></div>") if damage else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tao_lab run {html.escape(run_dir.name)}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:24px auto;padding:0 16px;color:#222}}
 h2{{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}} table.t{{border-collapse:collapse}}
 table.t td,table.t th{{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}} .note{{color:#a33}}
+table.cfg td{{text-align:left;font-family:monospace}} .tl-view{{max-width:100%;overflow-x:auto}}
 .kv span{{display:inline-block;margin-right:18px}}</style>
 <script>{vlc.javascript_bundle(vl_version=_vl_version())}</script></head><body>
-<h1>tao_lab run: {html.escape(str(run_dir))}</h1>
+<h1>{html.escape(str(head["method"]))} on {html.escape(str(head["tasks"]))}: {html.escape(run_dir.name)}</h1>
 <p class="kv">{''.join(f'<span><b>{k}</b> {html.escape(str(v))}</span>' for k, v in head.items())}</p>
-{''.join(blocks)}
-<h2>Config</h2><details><summary>TrainConfig</summary><pre>{cfg_json}</pre></details>
+{damage_html}{''.join(blocks)}
+<h2>Config</h2><details><summary>TrainConfig: every field of this run</summary>{config_table(train_cfg)}</details>
 </body></html>"""
     path = Path(out) if out else run_dir / "report.html"
     path.write_text(page, encoding="utf-8")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -44,7 +45,19 @@ from typing import Any, Iterable
 
 from tao_lab.rewards import extract_answer, extract_boxed
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"   # the repo's data/, next to tao_lab/
+
+
+def _data_dir() -> Path:
+    """The bundled task sets: the checkout's data/ next to tao_lab/ (editable install, a clone), else
+    the copy an installed wheel puts under <prefix>/share/tao_lab/data (pyproject's data-files)."""
+    import sys
+    repo = Path(__file__).resolve().parent.parent / "data"
+    if (repo / "demos.jsonl").is_file():
+        return repo
+    return Path(sys.prefix) / "share" / "tao_lab" / "data"
+
+
+DATA_DIR = _data_dir()
 FAMILIES = ("arith", "word")
 LEVELS = (1, 2, 3, 4)
 SPLITS = ("train", "test")
@@ -95,22 +108,20 @@ def load_tasks(source: str | Path, split: str | None = None, limit: int | None =
     """Load tasks from a bundled set name, a JSONL path or "hf:NAME[:CONFIG[:SPLIT]]".
 
     split: bundled sets: "train" (default) or "test"; HF: the split unless the spec names one;
-    a file is one split already, so passing split with a path is an error.
+    a file is one split already, so split is ignored for a path (every command has a default
+    split, and a path must work with it).
     seed: shuffle with random.Random(seed) before `limit` (None keeps file order).
-    limit: keep the first `limit` tasks.
+    limit: keep the first `limit` tasks (an integer >= 1, or None for all).
     """
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0 or None, got {limit}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise TaskError(f"limit must be an integer >= 1 (or None for all tasks), got {limit!r}")
     src = str(source)
     if src.startswith("hf:"):
         tasks = _load_hf(src, split)
     elif src in bundled_names():
         tasks = _load_bundled(src, split or "train", Path(data_dir) if data_dir else DATA_DIR)
     elif Path(src).is_file():
-        if split is not None:
-            raise TaskError(f"{src} is a file, which is one split already; drop split={split!r} "
-                            f"(split applies to bundled sets and hf: specs)")
-        tasks = load_jsonl(src)
+        tasks = load_jsonl(src)   # one split already: `split` does not apply
     else:
         raise TaskError(f"unknown task source {src!r}: not a bundled set ({', '.join(bundled_names())}), "
                         f"not an existing file, and not 'hf:NAME[:CONFIG[:SPLIT]]'")
@@ -141,6 +152,8 @@ def _text(value: Any, key: str, where: str) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):   # json reads NaN / Infinity literals; "nan" is no answer
+            raise TaskError(f"{where}: field {key!r} is {value!r}, not a finite number")
         return str(value)
     raise TaskError(f"{where}: field {key!r} must be a string or a number, got {type(value).__name__}")
 
@@ -183,15 +196,25 @@ def row_to_task(row: dict[str, Any], where: str, default_id: str) -> Task:
     return task
 
 
+def _decode_line(raw: bytes, where: str, first: bool) -> str:
+    """One line as UTF-8 (a BOM on the first line is allowed); an error names the line and column."""
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{where}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at column {e.start + 1}); "
+                        f"save the file as UTF-8") from None
+
+
 def load_jsonl(path: str | Path) -> list[Task]:
     """Tasks from a JSONL file; raises TaskError at the first malformed line."""
     path = Path(path)
     tasks, seen = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            line = _decode_line(raw, where, first=lineno == 1)
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -253,8 +276,9 @@ def load_demos(path: str | Path | None = None, protocol: str | None = None) -> l
     if protocol is not None and protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     demos = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = _decode_line(raw, f"{path}:{lineno}", first=lineno == 1)
             if not line.strip():
                 continue
             try:

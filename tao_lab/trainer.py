@@ -64,6 +64,7 @@ import pandas as pd
 import torch
 
 from . import checkpoint as ckpt
+from . import rundir
 from . import filters as filters_mod
 from .advantages import ShapingConfig
 from .config_changes import ConfigLog, apply_optim_changes, diff, replay
@@ -328,6 +329,8 @@ class Trainer:
                  advantage_fn: Callable | None = None,
                  on_step: Callable[[StepLog], None] | None = None, pool=None, write_config: bool = True):
         self.cfg = cfg
+        if write_config:   # a new run: never into a folder that holds one (tao_lab/rundir.py)
+            rundir.check_fresh(run_dir or cfg.run.out_dir)
         self.store = RunStore(run_dir or cfg.run.out_dir)
         if model is None:
             model, tok = load_model(cfg.model, cfg.seed)
@@ -548,15 +551,22 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, steps: int | None = None, **kw) -> "Trainer":
-        """Rebuild a Trainer from the newest complete checkpoint of `run_dir`.
+        """Rebuild a Trainer from the newest intact checkpoint of `run_dir` (rundir.prepare_resume).
 
-        The run's later metric lines and step files (written after that checkpoint, e.g. by a run
-        that crashed) are removed, so the resumed run rewrites them exactly once.
+        Damaged newer checkpoints are set aside; with none intact the run restarts from step 0 with
+        its config.json. The run's later metric lines and step files (written after that point, e.g.
+        by a run that crashed) are removed first, so the resumed run writes them exactly once. What
+        was found and done is printed and kept in `resume_notes`.
         """
-        path = ckpt.latest_path(run_dir)
-        if path is None:
-            raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}; "
-                                    "start a new run with `tao-lab train` instead")
+        plan = rundir.prepare_resume(run_dir)   # newest intact checkpoint; the store repaired to it
+        if plan.path is None:      # none intact: step 0 with config.json, fresh model / optimizer / source
+            cfg = resumed_config(run_dir, plan.config, 0)
+            tr = cls(cfg if steps is None else replace(cfg, run=replace(cfg.run, steps=steps)), run_dir,
+                     write_config=False, **kw)
+            tr.config_log.truncate_after(1)
+            tr.resume_notes = plan.notes
+            return tr
+        path = plan.path
         saved = ckpt.read_state(path)
         step = TrainState.from_saved(saved["state"]).step
         cfg = resumed_config(run_dir, saved["config"], step)
@@ -572,6 +582,7 @@ class Trainer:
         ckpt.set_rng_state(ckpt.read_rng(path))
         tr._rng_snapshot = ckpt.rng_state()
         tr.store.truncate_after(tr.state.step)
+        tr.resume_notes = plan.notes
         return tr
 
 

@@ -183,3 +183,16 @@ def test_entropy_by_offset_leaves_out_bins_with_too_few_tokens_and_keeps_the_ban
     assert (prof["n"] >= 5).all() and (prof["lo"] >= 0).all()
     assert prof["offset"].max() < explore.entropy_by_offset(tok, max_offset=200, min_count=1)["offset"].max()
 
+
+
+def test_shaped_trace_skips_rows_whose_advantage_is_zero_and_warns_when_every_row_is_flat():
+    # row 0: gated but A = 0 (an all-equal group): the a-slider could never move it; row 1 moves
+    rows = []
+    for row, adv in ((0, 0.0), (1, 0.8)):
+        for pos in range(4):
+            rows.append({"row": row, "traj": row, "pos": pos, "gate": int(pos >= 2), "loss_mask": 1.0,
+                         "adv": adv, "adv_shaped": adv * (1.1 if pos >= 2 else 1.0)})
+    shaped = pd.DataFrame(rows)
+    assert set(explore.shaped_trace(shaped)["row"]) == {1}
+    with pytest.warns(UserWarning, match="flat"):
+        assert set(explore.shaped_trace(shaped[shaped["row"] == 0])["row"]) == {0}

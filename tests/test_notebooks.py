@@ -27,7 +27,14 @@ def test_notebook_is_stored_without_outputs_and_in_sync_with_its_py_twin(name):
 
 
 def test_every_notebook_has_a_headless_run_below():
-    assert ALL == ["01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training"]
+    assert ALL == ["00_start_here", "01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training",
+                   "06_tree_rollouts", "07_behaviour"]
+
+
+@pytest.mark.smoke
+def test_notebook_00_start_here_runs_headless(monkeypatch):
+    nb = execute_notebook("00_start_here", monkeypatch, timeout=120)
+    assert "bundled tasks load" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
 
 
 @pytest.mark.smoke
@@ -60,3 +67,15 @@ def test_notebook_04_entropy_runs_headless_on_the_store_03_wrote(monkeypatch, sh
 def test_notebook_05_training_runs_headless(monkeypatch, tmp_path):
     execute_notebook("05_training", monkeypatch, {"TAO_LAB_RUN_DIR": str(tmp_path / "run")})
     assert (tmp_path / "run" / "report.html").exists()
+
+
+@pytest.mark.smoke
+def test_notebook_06_tree_rollouts_runs_headless(monkeypatch):
+    nb = execute_notebook("06_tree_rollouts", monkeypatch)
+    assert "tl-view" in html_outputs(nb), "the anchored row as coloured tokens should render"
+
+
+@pytest.mark.smoke
+def test_notebook_07_behaviour_runs_headless(monkeypatch):
+    nb = execute_notebook("07_behaviour", monkeypatch)
+    assert "tl-view" in html_outputs(nb), "the flywheel's token views should render"

@@ -143,8 +143,26 @@ def test_entropy_heatmap_orders_rows_by_rank_and_greys_cells_with_only_tool_outp
 def test_learning_curves_draw_one_panel_per_metric_with_independent_y_scales():
     long = pd.DataFrame({"step": [1, 2, 1, 2], "metric": ["loss", "loss", "acc", "acc"], "value": [1.0, 0.5, 0.1, 0.3]})
     spec = plots.learning_curves(long).to_dict()
-    assert spec["facet"]["field"] == "metric" and spec["resolve"] == {"scale": {"y": "independent"}}
+    assert spec["facet"]["field"] == "panel" and spec["resolve"] == {"scale": {"y": "independent"}}
     assert len(only_rows(plots.learning_curves(long))) == 4
+
+
+def test_learning_curves_put_reward_first_use_plain_titles_and_drop_constant_panels():
+    long = pd.DataFrame({"step": [1, 2] * 3, "metric": ["tool/success_rate"] * 2 + ["reward/mean"] * 2 + ["lr"] * 2,
+                         "value": [0.2, 0.5, 0.1, 0.3, 1e-4, 1e-4]})
+    spec = plots.learning_curves(long).to_dict()
+    assert spec["facet"]["sort"] == ["mean reward", "tool success rate"]       # lr is constant: no panel
+    assert spec["spec"]["encoding"]["x"]["axis"]["format"] == "d"
+
+
+def test_a_reason_keeps_its_colour_whatever_other_reasons_are_present(funnel):
+    both = plots.funnel_chart(funnel).to_dict()["encoding"]["color"]["scale"]
+    alone = plots.funnel_chart(funnel[funnel["reason"] != "all_correct"]).to_dict()["encoding"]["color"]["scale"]
+    colour = lambda s, r: dict(zip(s["domain"], s["range"]))[r]  # noqa: E731
+    assert colour(both, "all_wrong") == colour(alone, "all_wrong") == plots.REASON_COLOURS["all_wrong"]
+    assert colour(both, "overlong") == colour(alone, "overlong")
+    odd = plots.reason_scale(["passed", "a_new_reason"]).to_dict()
+    assert odd == plots.reason_scale(["a_new_reason", "passed"]).to_dict()
 
 
 def test_a_frame_over_altairs_row_limit_raises_an_error_naming_the_binning_function():

@@ -167,10 +167,10 @@ def test_unknown_source_lists_the_bundled_names():
         load_tasks("arith-L9")
 
 
-def test_a_split_with_a_file_path_is_an_error(tmp_path):
+def test_a_split_with_a_file_path_is_ignored_because_a_file_is_one_split(tmp_path):
+    # every command has a default split (eval/rollout: test, train: train); a path must work with it
     path = write_lines(tmp_path / "t.jsonl", ['{"prompt": "a", "answer": "1"}'])
-    with pytest.raises(TaskError, match="one split already"):
-        load_tasks(path, split="test")
+    assert [t.answer for t in load_tasks(path, split="test")] == ["1"]
 
 
 def test_seed_shuffles_deterministically_before_limit():

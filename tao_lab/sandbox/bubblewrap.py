@@ -38,10 +38,26 @@ def _bind_with_parents(root: str, made: set[str]) -> list[str]:
     return argv + ["--ro-bind", root, root]
 
 
+def _etc_args() -> list[str]:
+    """The few /etc files an interpreter reads. A symlink (/etc/localtime -> /usr/share/zoneinfo/..)
+    is recreated as a symlink: bound, it would be bound from its target, and /proc/self/mountinfo
+    would show that host path as the mount's root."""
+    argv = []
+    for f in _ETC_FILES:
+        if os.path.islink(f):
+            argv += ["--symlink", os.readlink(f), f]
+        elif os.path.exists(f):
+            argv += ["--ro-bind", f, f]
+    return argv
+
+
 @functools.lru_cache(maxsize=16)
 def bwrap_argv(interpreter: str, site_packages: bool, tmp_mb: int, as_root: bool) -> tuple[str, ...]:
     argv = ["bwrap", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try", "--die-with-parent", "--as-pid-1"]
+    # No `--disable-userns`: it needs `--unshare-user`, which as root maps only uid 0 (the drop to the
+    # sandbox uid then fails) or, with `--uid`, maps that uid to host root (RLIMIT_NPROC stops
+    # binding). The runner's seccomp filter refuses nested user namespaces on every tier instead.
     if as_root:  # privileged bwrap keeps all caps by default: keep only what the uid drop needs
         argv += ["--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
     else:                  # unprivileged bwrap needs a user namespace (also makes NPROC per-sandbox)
@@ -52,7 +68,7 @@ def bwrap_argv(interpreter: str, site_packages: bool, tmp_mb: int, as_root: bool
             argv += ["--symlink", os.readlink(d), d]
         elif os.path.isdir(d):
             argv += ["--ro-bind", d, d]
-    argv += [a for f in _ETC_FILES if os.path.exists(f) for a in ("--ro-bind", f, f)]
+    argv += ["--perms", "0755", "--dir", "/etc"] + _etc_args()
     extra = [p for p in site_paths(site_packages) if not p.startswith("/usr/")]
     roots = _roots_for(interpreter) + extra
     # A venv or checkout under /tmp (e.g. a CI clone in /tmp/x) would be hidden by the private /tmp

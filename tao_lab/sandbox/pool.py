@@ -9,10 +9,12 @@ import queue
 import shutil
 import sys
 import threading
+import time
+import warnings
 import weakref
 from dataclasses import replace
 
-from .common import TIERS, ExecResult, SandboxConfig, SandboxError, last_line
+from .common import TIER_CAVEATS, TIERS, ExecResult, SandboxConfig, SandboxError, SandboxWarning, last_line
 from .http import run_http
 from .runner import Proc, execute
 from .uids import UidLease, drops_root
@@ -22,19 +24,24 @@ from .uids import UidLease, drops_root
 # Tier selection
 
 
-_probe_cache: dict[tuple, str] = {}
+_probe_cache: dict[tuple, tuple[str, float]] = {}  # key -> (verdict, time.monotonic() of the probe)
 _PROBE_CODE = "import fractions\nprint(6 * 7)\n"
+_PROBE_RETRY_S = 30.0  # a failed probe is tried again once its verdict is older than this
+_warned_rlimits = False
 
 
 def tier_status(config: SandboxConfig | None = None) -> dict[str, str]:
-    """For each tier: "ok", or why it cannot run here (and how to fix that). Probes once, cached."""
+    """For each tier: "ok", or why it cannot run here (and how to fix that). A working tier is
+    probed once per process; a failing one again after `_PROBE_RETRY_S` (a service that was down
+    may be up now), never more often, so a broken tier does not cost a probe per call."""
     cfg = config or SandboxConfig()
     report = {}
     for tier in TIERS:
-        key = (tier, cfg.interpreter, cfg.site_packages, cfg.http_url, os.geteuid())
-        if key not in _probe_cache:
-            _probe_cache[key] = _probe(tier, cfg)
-        report[tier] = _probe_cache[key]
+        key = (tier, cfg.interpreter, cfg.site_packages, cfg.http_url, cfg.hidden, os.geteuid())
+        verdict, when = _probe_cache.get(key, (None, 0.0))
+        if verdict is None or (verdict != "ok" and time.monotonic() - when > _PROBE_RETRY_S):
+            _probe_cache[key] = (_probe(tier, cfg), time.monotonic())
+        report[tier] = _probe_cache[key][0]
     return report
 
 
@@ -76,17 +83,27 @@ def _probe(tier: str, cfg: SandboxConfig) -> str:
 
 
 def resolve_tier(config: SandboxConfig) -> str:
-    """The tier a config will use: the requested one if it works, else the first available."""
+    """The tier a config will use: the requested one if it works, else the first available.
+    Choosing the rlimits tier warns once per process (`SandboxWarning`): it protects far less."""
     status = tier_status(config)
     if config.tier != "auto":
         if status[config.tier] != "ok":
             raise SandboxError(f"sandbox tier {config.tier!r} cannot run here: {status[config.tier]}")
-        return config.tier
+        return _warn_if_weak(config.tier)
     for tier in ("bubblewrap", "rlimits") + (("http",) if config.http_url else ()):
         if status[tier] == "ok":
-            return tier
+            return _warn_if_weak(tier)
     raise SandboxError("no sandbox tier works on this machine: "
                        + "; ".join(f"{t}: {why}" for t, why in status.items()))
+
+
+def _warn_if_weak(tier: str) -> str:
+    global _warned_rlimits
+    if tier == "rlimits" and not _warned_rlimits:
+        _warned_rlimits = True
+        warnings.warn(f"model code runs on the rlimits sandbox tier: {TIER_CAVEATS['rlimits']}"
+                      " (install bubblewrap for isolation)", SandboxWarning, stacklevel=3)
+    return tier
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ waits for code, hand it the code, collect capped output, classify how it ended."
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -11,72 +12,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
+from pathlib import Path
 
 from .bubblewrap import bwrap_argv
-from .common import ExecResult, SandboxConfig, SandboxError, last_line, signal_name, site_paths
+from .common import (ExecResult, SandboxConfig, SandboxError, SandboxWarning, last_line, signal_name,
+                     site_paths)
 from .uids import scan_uids, sweep_uid
 
 
-# ----------------------------------------------------------------------------------------------
-# The runner: a few lines executed by the sandboxed interpreter before the user's code. It sets the
-# limits on itself, drops root if asked, then blocks on stdin -- which is what lets a pool start it
-# ahead of time. The code arrives as bytes and stdin is then at EOF (`input()` raises EOFError).
-
-_RUNNER = r"""
-import os, resource, signal, sys
-def _on_cpu_limit(*_):
-    # Die of SIGXCPU so the parent sees a CPU timeout. Under bubblewrap the runner is PID 1, which
-    # the kernel does not let die of its own default-action signal: exit as 128 + SIGXCPU instead.
-    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGXCPU)
-    os._exit(128 + signal.SIGXCPU)
-def _limits(cpu, mem, fsize, nproc, uid):
-    for which, soft, hard in ((resource.RLIMIT_CPU, cpu, cpu + 1), (resource.RLIMIT_AS, mem, mem),
-                              (resource.RLIMIT_FSIZE, fsize, fsize), (resource.RLIMIT_CORE, 0, 0),
-                              (resource.RLIMIT_NPROC, nproc, nproc)):
-        if soft >= 0:
-            resource.setrlimit(which, (soft, hard))
-    if uid >= 0:
-        os.setgroups([]); os.setresgid(uid, uid, uid); os.setresuid(uid, uid, uid)
-def _report(e, src, main):
-    if isinstance(e, MemoryError):
-        main.__dict__.clear()
-    try:
-        import linecache, traceback
-        lines = src.decode("utf-8", "replace").splitlines(True)
-        linecache.cache["<tool>"] = (len(src), None, lines, "<tool>")
-        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
-        traceback.print_exception(type(e), e, tb)
-    except BaseException:
-        os.write(2, (type(e).__name__ + ": " + str(e) + "\n").encode("utf-8", "replace"))
-def _run():
-    _limits(*map(int, sys.argv[1:6]))
-    signal.signal(signal.SIGXCPU, _on_cpu_limit)
-    sys.path.extend(p for p in sys.argv[6].split(os.pathsep) if p)
-    src = sys.stdin.buffer.read()
-    if not src:
-        os._exit(0)
-    main = type(sys)("__main__")
-    sys.modules["__main__"] = main
-    sys.argv = [""]
-    code = 0
-    try:
-        exec(compile(src, "<tool>", "exec"), main.__dict__)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        if not isinstance(e.code, int) and e.code is not None:
-            print(e.code, file=sys.stderr)
-    except BaseException as e:
-        _report(e, src, main)
-        code = 1
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except BaseException:
-            pass
-    os._exit(code)
-_run()
-"""
+# The runner (child.py) runs as `python -I -S -B -c <its text>`: no file of the workbench is opened
+# by the sandboxed interpreter, and importing child.py runs nothing.
+_RUNNER = Path(__file__).with_name("child.py").read_text()
+_warned_unhidden = False
+_SETUP_LIMIT_S = 10.0  # how long a runner may take to set the sandbox up (a loaded machine is slow)
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -89,12 +38,14 @@ def _scrubbed_env(home: str) -> dict[str, str]:
 
 
 class Proc:
-    """One started runner, waiting for code on stdin."""
+    """One started runner, waiting for code on stdin. `status` is the read end of the pipe through
+    which the runner (and only the runner: see child.py) says that the sandbox was set up."""
 
     def __init__(self, cfg: SandboxConfig, tier: str, uid: int):
         self.cfg, self.tier, self.uid = cfg, tier, uid
         self.workdir = None
         self.zombies = 0  # orphaned zombies of our uid left after the kill (see _Slot.run)
+        hidden = ""
         if tier == "bubblewrap":
             prefix = list(bwrap_argv(cfg.interpreter, cfg.site_packages, cfg.max_file_mb, os.geteuid() == 0))
             cwd, env = None, _scrubbed_env("/tmp")
@@ -102,23 +53,44 @@ class Proc:
             self.workdir = tempfile.mkdtemp(prefix="tao_lab_sandbox_")
             if uid >= 0:
                 os.chown(self.workdir, uid, uid)
+                hidden = os.pathsep.join(cfg.hidden)  # only root can mount (see child._hide)
             prefix, cwd, env = [], self.workdir, _scrubbed_env(self.workdir)
         nproc = cfg.max_procs
         if tier == "rlimits" and uid < 0 and sys.platform.startswith("linux"):
             live, zombies = scan_uids(range(os.getuid(), os.getuid() + 1)).get(os.getuid(), ([], 0))
             nproc += len(live) + zombies  # NPROC counts all of *your* processes here
+        self.status, status_w = os.pipe()
         args = [str(cfg.cpu_limit_s), str(cfg.memory_mb << 20), str(cfg.max_file_mb << 20),
-                str(nproc), str(uid), os.pathsep.join(site_paths(cfg.site_packages))]
+                str(nproc), str(uid), str(status_w), os.pathsep.join(site_paths(cfg.site_packages)), hidden]
         argv = prefix + [cfg.interpreter, "-I", "-S", "-B", "-c", _RUNNER] + args
         try:
-            self.popen = subprocess.Popen(
-                argv, stdin=-1, stdout=-1, stderr=-1, cwd=cwd, env=env, start_new_session=True)
+            self.popen = subprocess.Popen(argv, stdin=-1, stdout=-1, stderr=-1, cwd=cwd, env=env,
+                                          start_new_session=True, pass_fds=(status_w,))
         except OSError as e:
+            os.close(self.status)
             self._remove_workdir()
             raise SandboxError(f"cannot start the {tier} sandbox ({argv[0]}): {e}") from e
+        finally:
+            os.close(status_w)  # the runner holds the only write end now
+        os.set_blocking(self.status, False)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def was_set_up(self) -> bool:
+        """Whether the runner reported the sandbox set up (call after it ended). Warns once per
+        process if it could not hide the task files (see child.py, step 5)."""
+        global _warned_unhidden
+        try:
+            byte = os.read(self.status, 1)
+        except OSError:  # (BlockingIOError: nothing written, and a write end still open)
+            return False
+        if byte == b"U" and not _warned_unhidden:
+            _warned_unhidden = True
+            warnings.warn(f"the {self.tier} sandbox could not hide {', '.join(self.cfg.hidden)} from model"
+                          " code (mounting needs CAP_SYS_ADMIN): it can read the task files with their"
+                          " answers; use the bubblewrap tier", SandboxWarning, stacklevel=2)
+        return byte in (b"R", b"U")
 
     def kill(self, sweep: bool = True):
         """End the runner and all it started (`sweep=False`: already done), reap it, close its
@@ -129,6 +101,9 @@ class Proc:
         for f in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
             if f is not None and not f.closed:
                 f.close()
+        if self.status >= 0:
+            os.close(self.status)
+            self.status = -1
         self._remove_workdir()
 
     def _remove_workdir(self):
@@ -141,7 +116,27 @@ class Proc:
 # Running code on a started runner
 
 
+def await_setup(proc: Proc):
+    """Wait for the runner's status byte before handing over the code. Reading it first means the
+    code never runs while the byte is still in the pipe (as a normal user the code could otherwise
+    reach the pipe through /proc and take it), and the time limit starts with the code, not with the
+    interpreter. No byte -- the runner died or hung while setting up -- raises `SandboxError`."""
+    limit = max(_SETUP_LIMIT_S, proc.cfg.timeout_s)
+    ready, _, _ = select.select([proc.status], [], [], limit)
+    if ready and proc.was_set_up():
+        return
+    kill_tree(proc)
+    try:
+        _, err_b = proc.popen.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, OSError, ValueError):
+        err_b = b""
+    proc.kill(sweep=False)
+    how = f"exit status {proc.popen.returncode}" if ready else f"not set up after {limit:g} s"
+    raise SandboxError(f"the {proc.tier} sandbox failed to start ({how}): {err_tail(err_b or b'')}")
+
+
 def execute(proc: Proc, code: str) -> ExecResult:
+    await_setup(proc)
     cfg, p = proc.cfg, proc.popen
     cap = cfg.max_output_bytes
     bufs = {p.stdout.fileno(): bytearray(), p.stderr.fileno(): bytearray()}
@@ -190,7 +185,13 @@ def execute(proc: Proc, code: str) -> ExecResult:
     # rlimits tier swept its uid above. This reaps, closes the pipes, removes the work dir.
     proc.kill(sweep=False)
     (out_b, err_b), (out_n, err_n) = bufs.values(), sizes.values()  # stdout first, then stderr
+    # Whatever happened from here on was the code's doing: an ordinary result, never an exception.
     return _classify(proc, rc, timed_out, duration, out_b, err_b, out_n > cap, err_n > cap)
+
+
+def err_tail(err_b: bytes, n: int = 600) -> str:
+    text = err_b.decode("utf-8", "replace").strip()
+    return text if len(text) <= n else "..." + text[-n:]
 
 
 def kill_tree(proc: Proc):
@@ -209,8 +210,6 @@ def _classify(proc: Proc, rc: int, timed_out: bool, duration: float, out_b: byte
     cfg = proc.cfg
     stdout = out_b.decode("utf-8", "replace")
     stderr = err_b.decode("utf-8", "replace")
-    if proc.tier == "bubblewrap" and rc == 1 and stderr.startswith("bwrap: ") and not stdout:
-        raise SandboxError(f"bubblewrap failed to set up the sandbox: {stderr.strip()}")
     # A signal death: Popen reports -N; bubblewrap reports 128 + N (see module docstring).
     sig = -rc if rc < 0 else (rc - 128 if proc.tier == "bubblewrap" and rc > 128 else 0)
     note, exit_code = "", rc

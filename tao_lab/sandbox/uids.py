@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import pwd
 import signal
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -16,7 +18,8 @@ from .common import SandboxError
 
 _SANDBOX_UID_BASE = 61000         # first uid used when dropping root; no passwd entry expected
 _SANDBOX_UID_COUNT = 1000         # how many uids to try
-_SWEEP_ROUNDS = 200               # uid sweep: at most this many kill rounds (5 ms apart)
+_SWEEP_ROUNDS = 200               # uid sweep: at most this many kill rounds (2 ms apart)
+_KILL = shutil.which("kill", path="/usr/bin:/bin")  # procps/util-linux `kill -9 -1`: kill(-1, SIGKILL)
 
 # ----------------------------------------------------------------------------------------------
 # Sandbox uids (only when running as root)
@@ -95,16 +98,43 @@ def scan_uids(uids: range) -> dict[int, tuple[list[int], int]]:
 
 
 def sweep_uid(uid: int) -> int:
-    """SIGKILL every process of the sandbox uid until none is alive. Returns how many zombies of it
-    remain: orphans wait for init to reap them and still count against RLIMIT_NPROC meanwhile."""
+    """SIGKILL every process of the sandbox uid until a full pass over /proc finds none alive.
+    Returns how many zombies of it remain: orphans wait for init to reap them and still count
+    against RLIMIT_NPROC meanwhile.
+
+    Listing /proc and then killing what was listed races a fork-then-exit chain (the child born
+    between the two steps is never listed, and the round looks empty). So each round first sends
+    kill(-1, SIGKILL) *as the sandbox uid* (`kill_all_of`): the kernel signals every process of
+    that uid in one pass under its task-list lock, and a fork that races it does not yield a live
+    child. The /proc pass after it only confirms; the pid-by-pid kill is the fallback."""
     for _ in range(_SWEEP_ROUNDS):
+        helper_ran = kill_all_of(uid)
         live, zombies = scan_uids(range(uid, uid + 1)).get(uid, ([], 0))
         if not live:
             return zombies
-        for pid in live:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.005)
+        if not helper_ran:
+            for pid in live:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(0.002)  # SIGKILLed tasks may take a moment to leave the live state
     raise SandboxError(f"processes of sandbox uid {uid} survived {_SWEEP_ROUNDS} kill rounds")
+
+
+def kill_all_of(uid: int) -> bool:
+    """kill(-1, SIGKILL) sent by a short-lived helper running as `uid`, so it reaches exactly the
+    processes of that uid (kill(-1) spares the sender). subprocess switches the helper's uid in C
+    between fork and exec, which is safe in a threaded pool (a Python fork is not). False if the
+    helper could not run."""
+    if uid < _SANDBOX_UID_BASE:  # never, ever as root or a real user: kill(-1) would hit all of theirs
+        raise ValueError(f"kill_all_of refuses uid {uid}: not a sandbox uid")
+    if _KILL is None:
+        return False
+    try:
+        subprocess.run([_KILL, "-9", "-1"], user=uid, group=uid, extra_groups=[], env={},
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       close_fds=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
