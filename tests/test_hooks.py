@@ -198,8 +198,9 @@ def test_a_checkpoint_with_a_bare_cursor_resumes_like_the_straight_run(tmp_path,
     path = ckpt.latest_path(old)
     saved = json.loads((path / "state.json").read_text())
     cursor = saved["state"]["source"]["cursor"]
-    saved["state"] = {"step": 1, "cursor": cursor}            # the format before prompt sources
+    saved["state"] = {"step": 1, "cursor": cursor}            # the format before prompt sources,
     (path / "state.json").write_text(json.dumps(saved))
+    (path / ckpt.MANIFEST).unlink()                           # which also predates manifests
     assert T.TrainState.from_saved(saved["state"]) == T.TrainState(step=1, source={"cursor": cursor})
     with T.Trainer.resume(old, steps=2, pool=pool, reward_fn=alternating_reward) as tr:
         assert tr.prompt_source.cursor == cursor
