@@ -5,6 +5,14 @@ surviving groups, DAPO keeps rolling out fresh prompts until B groups with a non
 survive (or `max_rounds` rounds have run: the recipe's `max_num_gen_batches`, default 10 [code]),
 then trims the pool to B groups. Selected with FilterConfig.refill="dynamic"; the Trainer hands
 `dynamic_sampling` a sampler that rolls out, scores and observes a new round of prompts.
+
+In the Trainer [recon where the recipe is silent]: round 0 is exactly the batch a run without
+dynamic sampling rolls out (ceil(B x oversample) prompts, the step's rollout seed); round r > 0
+rolls out ceil(missing x oversample) new prompts from the prompt source with fresh group ids and its
+own seed (trainer.step_seed stream 100 + r). The step's telemetry covers every round's groups, its
+rollout counters are summed over rounds and its reward means weighted by trajectories
+(`merge_rounds`); `dynamic/rounds`, `dynamic/sampled_groups` and `dynamic/short_by` are logged.
+The trim to B is seeded by the step's refill seed.
 """
 
 from __future__ import annotations
