@@ -48,10 +48,17 @@ def diff(old: dict, new: dict) -> list[dict]:
 
 
 def read(run_dir: str | os.PathLike) -> list[dict]:
+    """The recorded changes; a last line cut short by a crash mid-append is left out."""
     p = Path(run_dir) / FILE
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 def replay(cfg_dict: dict, changes: list[dict], up_to_step: int) -> dict:
@@ -93,9 +100,11 @@ class ConfigLog:
 
     def truncate_after(self, step: int) -> None:
         """Drop lines of steps after `step` (written by a run that did not get there)."""
+        from .records import atomic_write_bytes
+
         if self.path.exists():
             keep = [c for c in read(self.path.parent) if c["step"] <= step]
-            self.path.write_text("".join(json.dumps(c) + "\n" for c in keep))
+            atomic_write_bytes(self.path, "".join(json.dumps(c) + "\n" for c in keep).encode())
 
 
 def apply_optim_changes(changes: list[dict], optimizer, scheduler) -> None:
@@ -107,7 +116,7 @@ def apply_optim_changes(changes: list[dict], optimizer, scheduler) -> None:
                 factor = g["lr"] / scheduler.base_lrs[i] if scheduler.base_lrs[i] else 1.0
                 g["lr"], g["initial_lr"] = c["new"] * factor, c["new"]
                 scheduler.base_lrs[i] = c["new"]
-            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+            scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]   # what get_last_lr() reports
         elif name == "optim.gamma" and hasattr(scheduler, "gamma"):
             scheduler.gamma = c["new"]
         elif name in ("optim.betas", "optim.weight_decay"):

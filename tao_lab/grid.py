@@ -231,8 +231,8 @@ def train_cell(spec: GridSpec, arm: Arm, seed: int, out: str | os.PathLike, prog
             _evaluate(tr, spec, held_out, run_dir)
     done = {"arm": arm.name, "method": arm.method, "seed": seed, "steps": tr.state.step,
             "resumed_from": resumed_from, "missed_evals": missed, "wall_s": time.perf_counter() - t0}
-    from .records import _atomic_write_bytes
-    _atomic_write_bytes(run_dir / DONE, json.dumps(done, indent=1).encode())
+    from .records import atomic_write_bytes
+    atomic_write_bytes(run_dir / DONE, json.dumps(done, indent=1).encode())
     return done
 
 
@@ -326,8 +326,8 @@ def _write_or_check_spec(spec: GridSpec, out: Path) -> None:
                              "folder, or restore the spec to resume")
         return
     out.mkdir(parents=True, exist_ok=True)
-    from .records import _atomic_write_bytes
-    _atomic_write_bytes(p, json.dumps(mine, indent=1).encode())
+    from .records import atomic_write_bytes
+    atomic_write_bytes(p, json.dumps(mine, indent=1).encode())
 
 
 # ----------------------------------------------------------------------------------------------

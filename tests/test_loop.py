@@ -215,3 +215,11 @@ def test_a_run_lengthened_on_resume_keeps_its_new_length_on_the_next_resume(tmp_
         assert tr.cfg.run.steps == 3
         tr.train()
     assert list(RunStore(tmp_path).metrics()["step"]) == [1, 2, 3]
+
+
+def test_a_changes_file_cut_short_by_a_crash_reads_up_to_its_last_whole_line(tmp_path):
+    (tmp_path / config_changes.FILE).write_text('{"step": 2, "field": "optim.lr", "old": 0.01, "new": 0.005}\n'
+                                                '{"step": 3, "field": "shaping.co')
+    assert config_changes.read(tmp_path) == [{"step": 2, "field": "optim.lr", "old": 0.01, "new": 0.005}]
+    assert config_changes.replay({"optim": {"lr": 0.01}}, config_changes.read(tmp_path), 2) == {"optim": {"lr": 0.005}}
+    assert config_changes.replay({"optim": {"lr": 0.01}}, config_changes.read(tmp_path), 1) == {"optim": {"lr": 0.01}}
