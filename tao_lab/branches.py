@@ -18,6 +18,9 @@ calls: E3-TIR anchors).
 A *branch policy* is called once per decode step with the live episodes and returns `Fork`s: copy
 an episode at completion position `pos` into a spare row of the same task (KV cache copied and
 truncated, no re-prefill). pos = 0 starts a fresh row from the prompt (no parent, no prefix).
+A policy with an attribute `topk_logprobs = k > 0` (ARPO's top-10 entropy proxy) makes the rollout
+also record, per sampled position, `Episode.topk_entropy[pos]` (methods.arpo.topk_entropy); forks
+copy it. Without that attribute nothing extra is computed.
 """
 
 from __future__ import annotations

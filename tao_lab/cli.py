@@ -297,7 +297,8 @@ def _add_run_commands(sub, work_modes) -> None:
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
     t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
     t.add_argument("--method", default="tao",
-                   help="grpo | simpletir | tao | tao_code | dapo | et_agent | ... (methods/arms.py)")
+                   help="grpo | simpletir | tao | tao_code | dapo | e3tir | et_agent | toolexpander "
+                        "(methods/arms.py)")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")

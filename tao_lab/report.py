@@ -228,7 +228,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
         shown = evals.assign(label=evals["label"].map(eval_label))
         cols = {"label": "evaluation", **{c: c[5:] for c in k_cols}, "eval/n_tasks": "tasks",
                 "tool/used_rate": "used tool", "tool/success_rate": "tool success",
-                "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer"}
+                "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer",
+                "behaviour/effi": "Effi", "behaviour/redundant_rate": "redundant calls"}
         eval_html = _table(shown.rename(columns=cols), list(cols.values()))
     else:
         eval_html = "<p>(no evaluation saved under evals/)</p>"

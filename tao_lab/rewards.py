@@ -463,7 +463,7 @@ def score(trajs: Sequence[Trajectory], cfg: RewardConfig | None = None,
     else:
         rewards = correct - cfg.format_penalty * no_answer
 
-    examples = np.array([has_self_example(t.text) for t in trajs], dtype=bool)
+    examples = np.array([has_self_example(t.text, t.prompt_text) for t in trajs], dtype=bool)
     if cfg.self_example_bonus:
         rewards = rewards + cfg.self_example_bonus * examples
 

@@ -128,6 +128,8 @@ class Episode:
         self.call_code = ""
         self.boxed_in_turn = False              # the turn that made the pending call wrote \boxed{
         self.done = False
+        self.topk_entropy: dict[int, float] = {}  # position -> top-k entropy proxy, only when a
+        #                                           branch policy asks (topk_logprobs; ARPO's code)
 
     @classmethod
     def start(cls, traj: Trajectory, cfg: "RolloutConfig", task: int, prefix: Prefix | None) -> "Episode":
@@ -194,8 +196,9 @@ class Episode:
             finish_reason="", truncated=False, void_turn=False, reward=None, text="",
             sample_idx=sample_idx, parent=tr.sample_idx if pos else None,
             branch_pos=pos if pos else None, prefix_len=tr.prefix_len if pos else 0)
-        return Episode(child, self.max_turns if pos else fresh_max_turns, self.task,
-                       self.turn_starts[:k + 1])
+        ep = Episode(child, self.max_turns if pos else fresh_max_turns, self.task, self.turn_starts[:k + 1])
+        ep.topk_entropy = {i: h for i, h in self.topk_entropy.items() if i < pos}
+        return ep
 
 
 def stop_token_ids(tokenizer, model=None) -> set[int]:
@@ -248,6 +251,11 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Ge
         u = torch.rand(probs.shape[0], 1, generator=gen) * cdf[:, -1:]
         tok = torch.searchsorted(cdf, u).clamp_(max=probs.shape[-1] - 1).squeeze(-1)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy
+
+
+def _topk_entropy(logits: torch.Tensor, temperature: float, k: int) -> torch.Tensor:
+    from .methods.arpo import topk_entropy      # ARPO's proxy; imported only when a policy asks
+    return topk_entropy(logits, temperature, k)
 
 
 def generate(model, tokenizer, tasks: Sequence, cfg: RolloutConfig, *, pool=None,
@@ -396,13 +404,17 @@ class _Rollout:
         if not self.ready:
             return []
         idx = sorted(self.ready)
-        toks, lps, ents = sample(torch.stack([self.ready[s] for s in idx]), self.cfg.temperature,
-                                 self.cfg.top_p, self.gen)
+        logits = torch.stack([self.ready[s] for s in idx])
+        toks, lps, ents = sample(logits, self.cfg.temperature, self.cfg.top_p, self.gen)
         self.ready = {}
         keep = []
-        for s, t, lp, h in zip(idx, toks.tolist(), lps.tolist(), ents.tolist()):
+        k_top = getattr(self.policy, "topk_logprobs", 0)     # a branch policy that reads top-k entropies
+        proxy = _topk_entropy(logits, self.cfg.temperature, k_top).tolist() if k_top else None
+        for j, (s, t, lp, h) in enumerate(zip(idx, toks.tolist(), lps.tolist(), ents.tolist())):
             row = self.rows[s]
             row.record(t, 1, lp, h)
+            if proxy is not None:
+                row.topk_entropy[len(row.traj.token_ids) - 1] = proxy[j]
             self.stats.sampled_tokens += 1
             if _after_sample(row, t, self.tok, self.cfg, self.stops, self.trigger, self.pool):
                 keep.append(s)

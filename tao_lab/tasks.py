@@ -118,6 +118,9 @@ def load_tasks(source: str | Path, split: str | None = None, limit: int | None =
     src = str(source)
     if src.startswith("hf:"):
         tasks = _load_hf(src, split)
+    elif src == "bfcl" or src.startswith("bfcl:"):     # function calling (tao_lab/bfcl.py)
+        from .bfcl import load_bfcl
+        tasks = load_bfcl(src, split or "train")
     elif src in bundled_names():
         tasks = _load_bundled(src, split or "train", Path(data_dir) if data_dir else DATA_DIR)
     elif Path(src).is_file():
@@ -347,8 +350,9 @@ def build_messages(task: Task, template: str = "few_shot", protocol: str = "fenc
         raise ValueError(f"template must be one of {TEMPLATES}, got {template!r}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    messages = [{"role": "system", "content": SYSTEM_PROMPTS[protocol]}]
-    if template == "few_shot" and n_demos > 0:
+    # a task that brings its own system prompt (BFCL) brings its own demonstrations, or none
+    messages = [{"role": "system", "content": task.meta.get("system") or SYSTEM_PROMPTS[protocol]}]
+    if template == "few_shot" and n_demos > 0 and (demos is not None or not task.meta.get("system")):
         pool = demos if demos is not None else _bundled_demos()
         for d in select_demos(task, pool, n_demos, protocol):
             messages += [{"role": "user", "content": d.prompt}, {"role": "assistant", "content": d.completion}]

@@ -28,7 +28,7 @@ def test_notebook_is_stored_without_outputs_and_in_sync_with_its_py_twin(name):
 
 def test_every_notebook_has_a_headless_run_below():
     assert ALL == ["00_start_here", "01_tool_sandbox", "02_rollouts", "03_filtering", "04_entropy", "05_training",
-                   "06_tree_rollouts", "07_behaviour"]
+                   "06_tree_rollouts", "07_behaviour", "08_weak_models"]
 
 
 @pytest.mark.smoke
@@ -79,3 +79,9 @@ def test_notebook_06_tree_rollouts_runs_headless(monkeypatch):
 def test_notebook_07_behaviour_runs_headless(monkeypatch):
     nb = execute_notebook("07_behaviour", monkeypatch)
     assert "tl-view" in html_outputs(nb), "the flywheel's token views should render"
+
+
+@pytest.mark.smoke
+def test_notebook_08_weak_models_runs_headless(monkeypatch):
+    nb = execute_notebook("08_weak_models", monkeypatch)
+    assert "tl-view" in html_outputs(nb), "the token views should render"

@@ -14,10 +14,13 @@ method changes:
                   so `filter.rules` + filter_a reproduces the code), gate on all tokens, z over the
                   micro-batch, no detach, a micro-batch without gated tokens reshapes all of them
     dapo          GRPO + DAPO dynamic sampling: Filter B, then fresh prompts until B groups survive
+    arpo          GRPO's switches; ARPO's rollout forks at tool junctures by entropy (methods/arpo.py)
     e3tir         GRPO switches; expert-anchor prompt source, dynamic boundary and mixed advantage
                   with shared-prefix detaching come from its hooks (methods/e3tir.py)
     et_agent      GRPO + ET-Agent's efficiency reward (σ annealed per stage) and Pareto-sampled
                   questions per stage (methods/et_agent.py)
+    toolexpander  GRPO, no KL, lr_0·γ^t, +0.01 self-example bonus; hard tasks (0 of N correct) get
+                  few-shot-augmented prompts (methods/toolexpander.py)
 
 HOOKS[name](cfg, tasks, tok) -> hooks.MethodHooks gives an arm its prompt source, reward and
 advantage replacements; an arm without an entry runs the loop's defaults.
@@ -29,8 +32,10 @@ from dataclasses import replace
 from typing import Callable
 
 from ..advantages import ShapingConfig
+from .arpo import arm as arpo_arm
 from .e3tir import e3tir_arm
 from .et_agent import arm as et_agent_arm
+from .toolexpander import toolexpander_arm
 
 
 def grpo(cfg):
@@ -65,14 +70,19 @@ def dapo(cfg):
 
 ARMS: dict[str, Callable] = {
     "grpo": grpo, "simpletir": simpletir, "tao": tao, "tao_code": tao_code, "dapo": dapo,
+    "arpo": arpo_arm,
     "e3tir": e3tir_arm,
     "et_agent": et_agent_arm,   # GRPO + efficiency reward; Pareto prompts via HOOKS (methods/et_agent.py)
+    "toolexpander": toolexpander_arm,
 }
 
 # name -> build(cfg, tasks, tok) -> hooks.MethodHooks (imported lazily: method files may be heavy)
-HOOKS: dict[str, str] = {}
+HOOKS: dict[str, str] = {
+    "arpo": ".arpo:build_hooks",
+}
 HOOKS["e3tir"] = ".e3tir:build_hooks"
 HOOKS["et_agent"] = ".et_agent:build_hooks"
+HOOKS["toolexpander"] = ".toolexpander:build_hooks"
 
 
 def method_hooks(cfg, tasks, tok):
