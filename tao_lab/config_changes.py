@@ -63,7 +63,7 @@ def read(run_dir: str | os.PathLike) -> list[dict]:
 
 def replay(cfg_dict: dict, changes: list[dict], up_to_step: int) -> dict:
     """cfg_dict with every change whose step <= up_to_step applied, in the order recorded."""
-    out = json.loads(json.dumps(cfg_dict))
+    out = json.loads(json.dumps(cfg_dict, default=str))
     for c in changes:
         if c["step"] > up_to_step:
             continue
@@ -80,11 +80,11 @@ class ConfigLog:
 
     def __init__(self, run_dir: str | os.PathLike, cfg_dict: dict):
         self.path = Path(run_dir) / FILE
-        self.last = json.loads(json.dumps(cfg_dict))
+        self.last = json.loads(json.dumps(cfg_dict, default=str))
 
     def check(self, cfg_dict: dict, step: int) -> list[dict]:
         """Record (and return) the fields changed since the last check; they take effect at `step`."""
-        now = json.loads(json.dumps(cfg_dict))
+        now = json.loads(json.dumps(cfg_dict, default=str))
         changes = diff(self.last, now)
         frozen = [c["field"] for c in changes if c["field"].startswith(FROZEN_PREFIXES)]
         if frozen:
