@@ -265,6 +265,15 @@ def cmd_sft(args) -> int:
     return 0
 
 
+def cmd_export_verl(args) -> int:
+    from .export_verl import run_export
+
+    try:
+        return run_export(args.run_dir, args.out)
+    except ValueError as e:   # a folder that is not a training run, a config verl can't take
+        return _error(e)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .filters import WORK_MODES
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
@@ -343,7 +352,7 @@ def _add_run_commands(sub, work_modes) -> None:
 
 
 def _add_experiment_commands(sub, work_modes) -> None:
-    """Several runs or another stage: grid, compare, sft."""
+    """Several runs or another stage: grid, compare, sft, et-agent, export-verl."""
     g = sub.add_parser("grid", help="run or resume an experiment grid (arms x seeds); `grid status DIR` shows progress")
     g.add_argument("spec", help="a .toml/.json grid spec, or the word `status`")
     g.add_argument("dir", nargs="?", default=None, help="with `status`: the grid folder")
@@ -379,12 +388,18 @@ def _add_experiment_commands(sub, work_modes) -> None:
     et_agent_arguments(sub.add_parser("et-agent", help="ET-Agent's phases in order: data flywheel -> SFT -> "
                                       "behaviour-calibration RL stages (resumable)"))
 
+    xv = sub.add_parser("export-verl", help="a run's config as the verl command / config file (plugins/verl)")
+    xv.add_argument("run_dir", help="a run folder (its config.json)")
+    xv.add_argument("--out", default=None, metavar="FILE", help="also write a standalone verl YAML config here")
+    xv.set_defaults(fn=cmd_export_verl, threads_note=False)  # stdout is a script: no thread note
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from tao_lab import threads
 
-    threads.apply()  # once, before any model is built (TAO_LAB_THREADS overrides)
+    # once, before any model is built (TAO_LAB_THREADS overrides)
+    threads.apply(verbose=getattr(args, "threads_note", True))
     from .checkpoint import CheckpointError
     from .rundir import RunDirError
     from .runstore_repair import RunStoreError

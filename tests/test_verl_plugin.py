@@ -229,3 +229,98 @@ def test_the_dataset_writer_gives_verl_its_columns_for_the_plugins_agent_loop(tm
     df = tasks_frame("arith-L1", "train", limit=3)
     assert len(df) == 3 and set(df.agent_name) == {tao_lab_verl.AGENT_NAME}
     assert df.prompt[0][-1]["role"] == "user" and df.reward_model[0]["ground_truth"]
+
+
+# ----------------------------------------------------------------------------------------------
+# `tao-lab export-verl`: the exported keys compose with verl's config and reach the plugin
+
+
+def _tuned_run_config():
+    from tao_lab.presets import make_config
+
+    from dataclasses import replace
+
+    cfg = make_config("cpu_demo", "tao", [
+        "model.name=Qwen/Qwen2.5-1.5B-Instruct", "model.target_modules=q_proj,v_proj", "seed=7",
+        "rollout.protocol=tags", "rollout.max_turns=7", "rollout.obs_max_chars=1024", "rollout.obs_max_tokens=128",
+        "rollout.tool_timeout_s=7.5", "rollout.silent_is_failure=false", "rollout.max_new_tokens=3000",
+        "rollout.group_size=6", "rollout.temperature=0.7", "shaping.kind=additive", "shaping.coef=0.2",
+        "shaping.gate=all_tokens", "shaping.alpha=0.3", "shaping.kappa=3.0", "filter.filter_a_mode=mask",
+        "loss.beta=0.04", "loss.dual_clip=5.0", "optim.lr=3e-6", "update.adv_std=none"])
+    return replace(cfg, optim=replace(cfg.optim, betas=(0.9, 0.95)))
+
+
+def _compose(config_dir: Path, name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+            return compose(config_name=name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _reaches_the_plugin(composed, cfg):
+    from omegaconf import OmegaConf
+    from tao_lab.export_verl import KNOBS, flatten, import_verl
+    from tao_lab.trainer import TrainConfig
+    from verl.trainer.config import AlgoConfig
+    from verl.utils.config import omega_conf_to_dataclass
+
+    algo = omega_conf_to_dataclass(composed.algorithm, AlgoConfig)  # verl's own validation
+    assert algo.filter_groups.enable and algo.filter_groups.metric == "acc" and not algo.norm_adv_by_std_in_grpo
+    ep, mode = episode_config(composed)  # what the agent loop will run with
+    r = cfg.rollout
+    assert ep == EpisodeConfig(protocol=r.protocol, max_turns=r.max_turns, response_length=r.max_new_tokens,
+                               obs_max_chars=r.obs_max_chars, obs_max_tokens=r.obs_max_tokens,
+                               tool_timeout_s=r.tool_timeout_s, silent_is_failure=r.silent_is_failure)
+    assert mode == "mask"
+    assert shaping_config(composed) == cfg.shaping  # what the trainer hook will reshape with
+    back = import_verl(flatten(OmegaConf.to_container(composed, resolve=True)), TrainConfig())
+    assert {k.name: k.get(back) for k in KNOBS} == {k.name: k.get(cfg) for k in KNOBS}  # every knob, back
+
+
+def test_exported_overrides_compose_with_verl_and_reach_the_plugin(tmp_path):
+    from tao_lab.export_verl import export_verl, to_yaml
+
+    cfg = _tuned_run_config()
+    exp = export_verl(cfg)
+    _reaches_the_plugin(_compose(EXAMPLE.parent, EXAMPLE.stem, exp.overrides()), cfg)  # overrides of the example
+    (tmp_path / "exported.yaml").write_text(to_yaml(exp))
+    _reaches_the_plugin(_compose(tmp_path, "exported", []), cfg)                     # the standalone file
+
+
+def test_the_dataset_command_export_verl_prints_writes_the_runs_protocol(tmp_path):
+    import pandas as pd
+    from tao_lab_verl.dataset import main
+
+    main(["arith-L1", "train", str(tmp_path / "t.parquet"), "2", "--protocol", "tags", "--template", "zero_shot"])
+    df = pd.read_parquet(tmp_path / "t.parquet")
+    system = df.prompt[0][0]["content"]
+    assert len(df) == 2 and "<python>" in system and "```python" not in system
+
+
+def test_the_printed_launch_line_parses_through_bash_and_verls_own_entry_point(tmp_path):
+    """The script `tao-lab export-verl` prints, run as a user would (bash, then verl's main_ppo
+    Hydra CLI) up to the composed config (`--cfg job` prints it instead of training)."""
+    import subprocess
+    import sys
+
+    import yaml
+    from tao_lab.export_verl import KNOBS, command, export_verl, flatten, import_verl
+    from tao_lab.trainer import TrainConfig
+
+    cfg = _tuned_run_config()
+    script = command(export_verl(cfg), cfg).replace(".venv-verl/bin/python", sys.executable)
+    launch = "\n".join(line for line in script.splitlines() if "tao_lab_verl.dataset" not in line)
+    proc = subprocess.run(["bash", "-c", launch.rstrip() + " --cfg job"], cwd=EXAMPLE.parents[1],
+                          env={**__import__("os").environ, "DATA": str(tmp_path)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    composed = yaml.safe_load(proc.stdout)
+    assert composed["actor_rollout_ref"]["rollout"]["name"] == "vllm"
+    assert composed["data"]["train_files"] == f"{tmp_path}/train.parquet"
+    back = import_verl(flatten(composed), TrainConfig())
+    assert {k.name: k.get(back) for k in KNOBS} == {k.name: k.get(cfg) for k in KNOBS}
