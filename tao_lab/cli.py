@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -91,6 +92,8 @@ def cmd_train(args) -> int:
         overrides.append(f"run.out_dir={args.out}")
     if args.steps is not None:
         overrides.append(f"run.steps={args.steps}")
+    if args.work:
+        overrides.append(f"work={args.work}")
     try:
         cfg = make_config(args.preset, args.method, overrides)
     except ValueError as e:
@@ -102,7 +105,8 @@ def cmd_train(args) -> int:
         print(f"error: {out} already holds a run; continue it with `tao-lab resume {out}` or pass --out NEW_DIR",
               file=sys.stderr)
         return 2
-    print(f"{cfg.method} on {cfg.data.tasks} with {cfg.model.name}: {cfg.run.steps} steps -> {out}", file=sys.stderr)
+    print(f"{cfg.method} on {cfg.data.tasks} with {cfg.model.name}: {cfg.run.steps} steps, work={cfg.work} -> {out}",
+          file=sys.stderr)
     with Trainer(cfg, out, on_step=_print_step if args.quiet_bar else None) as tr:
         tr.train(progress=not args.quiet_bar)
     print(f"run store: {out}  (report: tao-lab report {out})")
@@ -205,7 +209,10 @@ def cmd_grid(args) -> int:
         return 0
     try:
         spec = load_spec(args.spec)
+        if args.work:
+            spec = replace(spec, work=args.work)
         out = args.out or str(Path("runs") / Path(args.spec).stem)
+        print(f"grid {args.spec}: work={spec.work} -> {out}", file=sys.stderr)
         counts = run_grid(spec, out, jobs=args.jobs, threads=args.threads, isolate=not args.in_process)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -219,7 +226,8 @@ def cmd_compare(args) -> int:
     from .compare import write_comparison
 
     try:
-        paths = write_comparison(args.paths, args.out, n_boot=args.n_boot, level=args.level, seed=args.seed)
+        paths = write_comparison(args.paths, args.out, n_boot=args.n_boot, level=args.level, seed=args.seed,
+                                 work=args.work)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -267,8 +275,16 @@ def cmd_export_verl(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .filters import WORK_MODES
     p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
+    _add_run_commands(sub, WORK_MODES)
+    _add_experiment_commands(sub, WORK_MODES)
+    return p
+
+
+def _add_run_commands(sub, work_modes) -> None:
+    """One run: fetch-model, rollout, train, resume, eval, report, demo."""
     f = sub.add_parser("fetch-model", help="fetch and cache the embedded default model; print its folder")
     f.add_argument("--force", action="store_true", help="fetch again even if cached")
     f.set_defaults(fn=cmd_fetch_model)
@@ -290,11 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
     t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
     t.add_argument("--method", default="tao",
-                   help="grpo | simpletir | tao | tao_code | dapo | e3tir | et_agent | toolexpander")
+                   help="grpo | simpletir | tao | tao_code | dapo | e3tir | et_agent | toolexpander "
+                        "(methods/arms.py)")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
     t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
     t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
     t.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
+    t.add_argument("--work", default=None, choices=work_modes,
+                   help="equal_groups (default: B groups per update for every arm) | equal_rollouts")
     t.set_defaults(fn=cmd_train)
 
     rs = sub.add_parser("resume", help="continue a run from its newest complete checkpoint")
@@ -331,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.set_defaults(fn=cmd_demo)
 
+
+def _add_experiment_commands(sub, work_modes) -> None:
+    """Several runs or another stage: grid, compare, sft, et-agent, export-verl."""
     g = sub.add_parser("grid", help="run or resume an experiment grid (arms x seeds); `grid status DIR` shows progress")
     g.add_argument("spec", help="a .toml/.json grid spec, or the word `status`")
     g.add_argument("dir", nargs="?", default=None, help="with `status`: the grid folder")
@@ -338,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--jobs", type=int, default=1, help="cells at a time (jobs x threads <= cores)")
     g.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     g.add_argument("--in-process", action="store_true", help="run the cells one by one in this process")
+    g.add_argument("--work", default=None, choices=work_modes,
+                   help="override the spec's work: equal_groups | equal_rollouts (an old grid ran equal_rollouts)")
     g.set_defaults(fn=cmd_grid)
 
     c = sub.add_parser("compare", help="HTML page + tidy CSV comparing runs or grids, with bootstrap intervals")
@@ -346,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples")
     c.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     c.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    c.add_argument("--work", default=None, choices=work_modes,
+                   help="compare only the runs made under this work mode (printed beside every number)")
     c.set_defaults(fn=cmd_compare)
 
     sf = sub.add_parser("sft", help="supervised fine-tuning of the adapter on demonstrations or a run's correct rollouts")
@@ -366,7 +392,6 @@ def build_parser() -> argparse.ArgumentParser:
     xv.add_argument("run_dir", help="a run folder (its config.json)")
     xv.add_argument("--out", default=None, metavar="FILE", help="also write a standalone verl YAML config here")
     xv.set_defaults(fn=cmd_export_verl, threads_note=False)  # stdout is a script: no thread note
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

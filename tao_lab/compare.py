@@ -56,7 +56,7 @@ class RunData:
 
     samples: arm, seed, step, task_id, sample_idx, correct   (one row per held-out sample)
     curves:  arm, seed, step, metric, value                  (training metrics per step)
-    runs:    arm, seed, run_dir, method, work_mode           (one row per run)
+    runs:    arm, seed, run_dir, method, work, budget        (one row per run; work: TrainConfig.work)
     """
 
     samples: pd.DataFrame
@@ -87,14 +87,28 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, int, Path]]
     return found
 
 
-def work_mode(train: dict) -> str:
-    """The work-equalisation mode of a run if its config records one, and its rollout budget per step."""
-    flat = pd.json_normalize(train, sep=".").iloc[0].to_dict() if train else {}
-    recorded = [f"{k}={v}" for k, v in flat.items() if "equali" in k.lower() or "budget_mode" in k.lower()]
-    data, rollout = train.get("data", {}), train.get("rollout", {})
+def work_mode(train: dict) -> tuple[str, str]:
+    """(TrainConfig.work of a run, its budget in words). A stored config without `work` predates the
+    switch and ran "equal_rollouts" (trainer.config_from_dict reads it so); no config at all: "?"."""
+    if not train:
+        return "?", "budget ?"
+    work = train.get("work", "equal_rollouts")
+    data, rollout, filt = train.get("data", {}), train.get("rollout", {}), train.get("filter", {})
     B, over, G = data.get("prompts_per_step"), data.get("oversample", 1.0), rollout.get("group_size")
-    budget = f"B={B} groups per update, {int(np.ceil(B * over)) * G} rollouts per step" if B and G else "budget ?"
-    return (", ".join(recorded) if recorded else "mode not recorded") + f" ({budget})"
+    if not (B and G):
+        return work, "budget ?"
+    rolled = int(np.ceil(B * over))
+    refill = filt.get("refill")
+    if work == "equal_groups" or refill not in (None, "none"):
+        groups = f"B={B} groups per update"
+    else:
+        groups = f"up to {rolled} groups per update" if refill == "none" else f"B={B}, refill not recorded"
+    return work, f"{groups}, {rolled * G} rollouts per step"
+
+
+def _arm_work(runs: pd.DataFrame) -> dict[str, str]:
+    """arm -> its runs' work mode(s), joined when they differ (a comparison that mixes modes says so)."""
+    return runs.groupby("arm", sort=False)["work"].agg(lambda s: "+".join(sorted(set(s)))).to_dict()
 
 
 def _eval_samples(run_dir: Path) -> pd.DataFrame:
@@ -109,13 +123,18 @@ def _eval_samples(run_dir: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def load_runs(paths: Sequence[str | os.PathLike]) -> RunData:
-    samples, curves, runs = [], [], []
+def load_runs(paths: Sequence[str | os.PathLike], work: str | None = None) -> RunData:
+    """The runs under `paths`; `work` keeps only the runs made under that TrainConfig.work mode."""
+    samples, curves, runs, other_modes = [], [], [], set()
     for arm, seed, d in find_runs(paths):
         store = RunStore(d)
         train = store.read_config().get("train", {}) if (d / "config.json").exists() else {}
+        mode, budget = work_mode(train)
+        if work is not None and mode != work:
+            other_modes.add(mode)
+            continue
         runs.append({"arm": arm, "seed": seed, "run_dir": str(d), "method": train.get("method", "?"),
-                     "work_mode": work_mode(train)})
+                     "work": mode, "budget": budget})
         m = store.metrics()
         cols = [c for c in TELEMETRY if c in m]
         if not m.empty and cols:
@@ -124,6 +143,9 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> RunData:
         s = _eval_samples(d)
         if not s.empty:
             samples.append(s.assign(arm=arm, seed=seed))
+    if not runs and other_modes:
+        raise ValueError(f"no run under {list(map(str, paths))} was made with work={work!r}; "
+                         f"they were made with work={sorted(other_modes)}")
     if not runs:
         raise FileNotFoundError(f"no runs with metrics under {list(map(str, paths))}")
     cat = lambda fs, cols: pd.concat(fs, ignore_index=True)[cols] if fs else pd.DataFrame(columns=cols)
@@ -199,7 +221,9 @@ def summarise(data: RunData, k: int | None = None, n_boot: int = 2000, level: fl
             mean, lo, hi = bootstrap_mean(per_seed.to_numpy(), n_boot, level, rng)
             rows.append({"kind": "telemetry", "arm": arm, "metric": metric, "step": int(g["step"].max()),
                          "n_seeds": len(per_seed), "mean": mean, "lo": lo, "hi": hi})
-    return pd.DataFrame(rows, columns=["kind", "arm", "other", "metric", "step", "n_seeds", "n_tasks", "mean", "lo", "hi"])
+    out = pd.DataFrame(rows, columns=["kind", "arm", "other", "metric", "step", "n_seeds", "n_tasks", "mean", "lo", "hi"])
+    # the work mode beside every number: arms trained under different modes do not compare like for like
+    return out.assign(work=out["arm"].map(_arm_work(data.runs)).fillna("?"))
 
 
 def _paired_rows(final: pd.DataFrame, arms: list[str], baseline: str, k: int, n_boot: int, level: float, rng) -> list[dict]:
@@ -227,7 +251,8 @@ def sentences(summary: pd.DataFrame, level: float = 0.95) -> list[str]:
     """One sentence per paired comparison: does the interval separate the arms?"""
     out = []
     for r in summary[summary["kind"] == "paired"].itertuples():
-        head = (f"{r.arm} − {r.other}, held-out {r.metric} after {r.step} steps: {r.mean:+.3f}, {level:.0%} CI "
+        head = (f"{r.arm} − {r.other} (work={r.work}), held-out {r.metric} after {r.step} steps: "
+                f"{r.mean:+.3f}, {level:.0%} CI "
                 f"[{r.lo:+.3f}, {r.hi:+.3f}] over {int(r.n_seeds)} paired seeds × {int(r.n_tasks)} tasks: ")
         if r.lo > 0 or r.hi < 0:
             word = "higher" if r.lo > 0 else "lower"
@@ -288,19 +313,22 @@ def _band_chart(long: pd.DataFrame, title: str):
 
 
 def write_comparison(paths: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, n_boot: int = 2000,
-                     level: float = 0.95, seed: int = 0, baseline: str | None = None) -> dict:
-    """compare.html + compare.csv in `out` (default: the first path); returns their paths and the sentences."""
+                     level: float = 0.95, seed: int = 0, baseline: str | None = None,
+                     work: str | None = None) -> dict:
+    """compare.html + compare.csv in `out` (default: the first path); returns their paths and the sentences.
+    `work`: only the runs made under that TrainConfig.work mode."""
     import vl_convert as vlc
     from .report import _chart_div, _vl_version
 
-    data = load_runs(paths)
+    data = load_runs(paths, work=work)
     summary = summarise(data, n_boot=n_boot, level=level, seed=seed, baseline=baseline)
     words = sentences(summary, level)
     out = Path(out or paths[0])
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "compare.csv"
     summary.to_csv(csv, index=False)
-    modes = data.runs.groupby("arm", sort=False)["work_mode"].agg(lambda s: "; ".join(sorted(set(s))))
+    modes = (data.runs.assign(mode="work=" + data.runs["work"] + " (" + data.runs["budget"] + ")")
+             .groupby("arm", sort=False)["mode"].agg(lambda s: "; ".join(sorted(set(s)))))
     blocks = ["<h2>What the intervals say</h2><ul>" + "".join(f"<li>{html.escape(w)}</li>" for w in words)
               + "</ul>" if words else "<p>(no paired comparison: one arm, or no shared evaluations)</p>",
               "<h2>Work per step</h2><ul>" + "".join(f"<li><b>{html.escape(a)}</b>: {html.escape(m)}</li>"

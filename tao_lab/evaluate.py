@@ -28,7 +28,8 @@ from .behaviour import behaviour_metrics
 from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
-from .trainer import config_from_dict, load_model, rollout_stage, telemetry
+from .telemetry import telemetry
+from .trainer import config_from_dict, load_model, rollout_stage
 
 
 @dataclass

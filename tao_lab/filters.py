@@ -75,6 +75,15 @@ FILTER_B_THRESHOLD = 1e-3   # [paper][code] std(rewards) below this = a degenera
 
 REFILLS = ("duplicate", "subsample", "none", "dynamic")
 
+# How much work an update gets, so that arms compare fairly (TrainConfig.work, issue 16):
+#   equal_groups    every arm trains on B = data.prompts_per_step groups per update: an arm without a
+#                   refill (grpo, simpletir) has its ceil(B x oversample) groups trimmed to B, seeded,
+#                   as the authors' code does [code] (trainer.step_filter_config). Comparisons' default.
+#   equal_rollouts  every arm rolls out the same ceil(B x oversample) groups per step and trains on
+#                   whatever its filters keep (an arm without refill then trains on up to 2-3x B).
+#                   What runs made before this switch did (trainer.config_from_dict reads them so).
+WORK_MODES = ("equal_groups", "equal_rollouts")
+
 
 @dataclass
 class FilterConfig:
@@ -297,50 +306,7 @@ def apply(trajs: list[Trajectory], cfg: FilterConfig | None = None) -> FilterRes
     funnel = [_funnel_row(0, "input", n, len(_groups_in_order(trajs, alive)), alive, weight, trajs)]
 
     for stage, name in enumerate(cfg.rules, start=1):
-        rule = RULES[name]
-        at_start = _groups_in_order(trajs, alive)
-        trajs_in = sum(alive)
-        traj_reason: dict[int, str] = {}
-        removed: dict[int, int] = {}
-        dropped_here: set[int] = set()
-        if rule.traj is not None:
-            for members in at_start.values():
-                for i in members:
-                    d = rule.traj(trajs[i], cfg)
-                    weight[i] *= d.weight
-                    if name == "filter_a" and d.reason == "masked" and cfg.filter_a_scale_adv:
-                        scale[i] *= d.weight   # code: A·response_mask, the advantage scaled by 1-s too
-                    traj_reason[i] = d.reason
-                    if d.reason != "ok":
-                        counts[f"{name}/{d.reason}"] += 1
-                    if not d.keep:
-                        alive[i] = False
-                        dropped_here.add(i)
-                        removed[trajs[i].group_id] = removed.get(trajs[i].group_id, 0) + 1
-        group_reason: dict[int, str] = {}
-        if rule.group is not None:
-            for gid, members in at_start.items():
-                still = [i for i in members if alive[i]]
-                if not still and removed.get(gid, 0) == 0:
-                    continue
-                d = rule.group([trajs[i] for i in still], removed.get(gid, 0), cfg)
-                group_reason[gid] = d.reason
-                group_rows.append({"group_id": gid, "rule": name, "kept": d.keep, "reason": d.reason,
-                                   "n_members": len(still), "n_removed_by_traj_rule": removed.get(gid, 0)})
-                if d.reason != "ok":
-                    counts[f"{name}/{d.reason}"] += 1
-                if not d.keep:
-                    for i in still:
-                        alive[i] = False
-        for members in at_start.values():
-            for i in members:
-                tr, gr = traj_reason.get(i, "ok"), group_reason.get(trajs[i].group_id, "ok")
-                # Effective reason: its own drop first, then its group's verdict, then a re-weighting.
-                own_drop = i in dropped_here
-                rows.append({"traj": i, "group_id": trajs[i].group_id, "rule": name, "kept": alive[i],
-                             "weight": weight[i], "reason": tr if own_drop or gr == "ok" else gr,
-                             "traj_reason": tr, "group_reason": gr})
-        funnel.append(_funnel_row(stage, name, trajs_in, len(at_start), alive, weight, trajs))
+        funnel.append(_run_rule(stage, name, trajs, cfg, alive, weight, scale, rows, group_rows, counts))
 
     survived = _groups_in_order(trajs, alive)
     result_groups, duplicate_of, refill_counts = _refill(survived, trajs, cfg, rows, group_rows, alive, weight)
@@ -378,6 +344,57 @@ def apply(trajs: list[Trajectory], cfg: FilterConfig | None = None) -> FilterRes
         skip=bool(skip_reason), skip_reason=skip_reason, duplicate_of=dup_rows,
         row_rewards=[baseline_reward(trajs[i], cfg) for i in index], adv_scale=[scale[i] for i in index],
     )
+
+
+def _run_rule(stage: int, name: str, trajs: list[Trajectory], cfg: FilterConfig, alive: list[bool],
+              weight: list[float], scale: list[float], rows: list[dict], group_rows: list[dict],
+              counts: dict[str, float]) -> dict:
+    """One rule over the trajectories still alive: its per-trajectory then per-group decisions update
+    alive / weight / scale in place and append their reasons; returns the rule's funnel row."""
+    rule = RULES[name]
+    at_start = _groups_in_order(trajs, alive)
+    trajs_in = sum(alive)
+    traj_reason: dict[int, str] = {}
+    removed: dict[int, int] = {}
+    dropped_here: set[int] = set()
+    if rule.traj is not None:
+        for members in at_start.values():
+            for i in members:
+                d = rule.traj(trajs[i], cfg)
+                weight[i] *= d.weight
+                if name == "filter_a" and d.reason == "masked" and cfg.filter_a_scale_adv:
+                    scale[i] *= d.weight   # code: A·response_mask, the advantage scaled by 1-s too
+                traj_reason[i] = d.reason
+                if d.reason != "ok":
+                    counts[f"{name}/{d.reason}"] += 1
+                if not d.keep:
+                    alive[i] = False
+                    dropped_here.add(i)
+                    removed[trajs[i].group_id] = removed.get(trajs[i].group_id, 0) + 1
+    group_reason: dict[int, str] = {}
+    if rule.group is not None:
+        for gid, members in at_start.items():
+            still = [i for i in members if alive[i]]
+            if not still and removed.get(gid, 0) == 0:
+                continue
+            d = rule.group([trajs[i] for i in still], removed.get(gid, 0), cfg)
+            group_reason[gid] = d.reason
+            group_rows.append({"group_id": gid, "rule": name, "kept": d.keep, "reason": d.reason,
+                               "n_members": len(still), "n_removed_by_traj_rule": removed.get(gid, 0)})
+            if d.reason != "ok":
+                counts[f"{name}/{d.reason}"] += 1
+            if not d.keep:
+                for i in still:
+                    alive[i] = False
+    for members in at_start.values():
+        for i in members:
+            tr, gr = traj_reason.get(i, "ok"), group_reason.get(trajs[i].group_id, "ok")
+            # Effective reason: its own drop first, then its group's verdict, then a re-weighting.
+            own_drop = i in dropped_here
+            rows.append({"traj": i, "group_id": trajs[i].group_id, "rule": name, "kept": alive[i],
+                         "weight": weight[i], "reason": tr if own_drop or gr == "ok" else gr,
+                         "traj_reason": tr, "group_reason": gr})
+    return _funnel_row(stage, name, trajs_in, len(at_start), alive, weight, trajs)
 
 
 def _refill(survived: dict[int, list[int]], trajs: list[Trajectory], cfg: FilterConfig,

@@ -92,6 +92,8 @@ class GridSpec:
     eval_max_turns: int | None = None        # None = the run's rollout.max_turns
     reward_fn: str | None = None     # "module:function" replacing rewards.score in training (Trainer's
                                      # reward_fn, e.g. a shaped reward); evaluation always uses rewards.score
+    work: str = "equal_groups"       # TrainConfig.work of every cell: "equal_groups" (B groups per update
+                                     # for every arm) | "equal_rollouts" (the same rollouts per step)
 
     def __post_init__(self):
         self.arms = [a if isinstance(a, Arm) else Arm(**a) for a in self.arms]
@@ -109,6 +111,9 @@ class GridSpec:
             raise ValueError(f"GridSpec.eval_n={self.eval_n} and eval_k={self.eval_k} must be >= 1")
         if self.reward_fn is not None and ":" not in self.reward_fn:
             raise ValueError(f"GridSpec.reward_fn={self.reward_fn!r} must be 'module:function'")
+        from .filters import WORK_MODES
+        if self.work not in WORK_MODES:
+            raise ValueError(f"GridSpec.work={self.work!r}: choose one of {list(WORK_MODES)}")
         if self.eval_every < 0:
             raise ValueError(f"GridSpec.eval_every={self.eval_every} must be >= 0 (0 = before and after only)")
 
@@ -151,7 +156,7 @@ def make_cell_config(spec: GridSpec, arm: Arm, seed: int, run_dir: Path):
     """presets.make_config(preset, method, grid overrides + arm overrides + seed/steps/out_dir)."""
     from .presets import make_config
 
-    fixed = [f"seed={seed}", f"run.steps={spec.steps}", f"run.out_dir={run_dir}"]
+    fixed = [f"seed={seed}", f"work={spec.work}", f"run.steps={spec.steps}", f"run.out_dir={run_dir}"]
     return make_config(spec.preset, arm.method, [*spec.set, *arm.set, *fixed])
 
 
@@ -226,8 +231,8 @@ def train_cell(spec: GridSpec, arm: Arm, seed: int, out: str | os.PathLike, prog
             _evaluate(tr, spec, held_out, run_dir)
     done = {"arm": arm.name, "method": arm.method, "seed": seed, "steps": tr.state.step,
             "resumed_from": resumed_from, "missed_evals": missed, "wall_s": time.perf_counter() - t0}
-    from .records import _atomic_write_bytes
-    _atomic_write_bytes(run_dir / DONE, json.dumps(done, indent=1).encode())
+    from .records import atomic_write_bytes
+    atomic_write_bytes(run_dir / DONE, json.dumps(done, indent=1).encode())
     return done
 
 
@@ -312,14 +317,17 @@ def _write_or_check_spec(spec: GridSpec, out: Path) -> None:
     mine = asdict(spec)
     if p.exists():
         old = json.loads(p.read_text())
+        old.setdefault("work", "equal_rollouts")   # a grid made before `work` existed trained so
         if old != json.loads(json.dumps(mine)):
             diff = sorted(k for k in mine if old.get(k) != json.loads(json.dumps(mine[k])))
-            raise ValueError(f"{out} holds a grid with a different spec (fields {diff}); use a new --out "
+            hint = (f" (it ran with work={old['work']!r}: resume it with --work {old['work']})"
+                    if "work" in diff else "")
+            raise ValueError(f"{out} holds a grid with a different spec (fields {diff}){hint}; use a new --out "
                              "folder, or restore the spec to resume")
         return
     out.mkdir(parents=True, exist_ok=True)
-    from .records import _atomic_write_bytes
-    _atomic_write_bytes(p, json.dumps(mine, indent=1).encode())
+    from .records import atomic_write_bytes
+    atomic_write_bytes(p, json.dumps(mine, indent=1).encode())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ Defaults: `SeededStream` (a seeded permutation per epoch read by a cursor: today
 
 A prompt source is checkpointed: `state_dict()` must return JSON-able data and `load_state_dict`
 must restore it so that a resumed run draws exactly what the uninterrupted run would have drawn.
+The Trainer keeps a deep copy of the state after every committed step and loads it back when a step
+fails or is interrupted before its commit, so a retried step draws the same prompts.
+
+Under DAPO dynamic sampling (filter.refill="dynamic") one step may call next_batch and observe
+several times, once per sampling round; a batch's `info` of the last round is logged.
 """
 
 from __future__ import annotations

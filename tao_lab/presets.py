@@ -33,8 +33,8 @@ from .filters import FilterConfig
 from .methods.arms import ARMS as METHODS
 from .models import ModelConfig
 from .rollout import RolloutConfig
-from .trainer import (SECTIONS, TINY_MODEL, DataConfig, OptimConfig, RunConfig, TrainConfig,
-                      UpdateConfig)
+from .optim import OptimConfig
+from .trainer import SECTIONS, TINY_MODEL, DataConfig, RunConfig, TrainConfig, UpdateConfig
 
 # ----------------------------------------------------------------------------------------------
 # Presets: sizes

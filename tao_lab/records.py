@@ -246,7 +246,7 @@ def tokens_frame(trajs: Iterable[Trajectory], traj_index: Iterable[int] | None =
 # Run store
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temp file in the same folder + rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -261,6 +261,9 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+_atomic_write_bytes = atomic_write_bytes   # the name runstore_repair.py imports
+
+
 class RunStore:
     """A run folder on disk: config, per-step trajectories (parquet), metrics (JSONL)."""
 
@@ -269,7 +272,7 @@ class RunStore:
 
     # -- config
     def write_config(self, config: dict[str, Any]) -> None:
-        _atomic_write_bytes(self.path / "config.json",
+        atomic_write_bytes(self.path / "config.json",
                             json.dumps(config, indent=2, default=str).encode())
 
     def read_config(self) -> dict[str, Any]:

@@ -399,7 +399,8 @@ class SFTRun:
 
     def __init__(self, cfg: SFTConfig, run_dir=None, *, model=None, tok=None,
                  examples: list[Trajectory] | None = None, write_config: bool = True):
-        from .trainer import git_revision, load_model, versions
+        from .runinfo import git_revision, versions
+        from .trainer import load_model
 
         self.cfg = cfg
         self.store = RunStore(run_dir or cfg.out_dir)

@@ -9,7 +9,9 @@ One `Trainer.step()` runs the stages below, each a named function a notebook can
     reward_fn         rewards.score (or the method's / caller's reward); then rewards.mark_correct,
                       so correctness is the verifier's even under a shaped reward
     observe           the prompt source sees the scored rollouts (hardness, pass rates, probes)
-    filters.apply     TAO-RL's filters + companions + refill to B groups, with reasons
+    filters.apply     TAO-RL's filters + companions + refill to B groups, with reasons; under
+                      filter.refill="dynamic" (DAPO) the stages above repeat on fresh prompts until
+                      B groups survive (methods/dapo.py)
     advantage_fn      GRPO group advantage per advantage row (update.compute_advantages) or the
                       method's (tree / mixed advantages, per-token)
     update_policy     micro-batches, ONE training forward each for log-probs and entropy, entropy
@@ -17,7 +19,8 @@ One `Trainer.step()` runs the stages below, each a named function a notebook can
                       accumulation, grad-norm clipping, one optimizer step per pass (update.py,
                       whose docstring lists its choices: rollout log-probs as old log-probs, exact
                       accumulation, KL via disable_adapter, prompt sharing)
-    telemetry         every metric of METHODS.md §7, stage timings and peak memory, per step
+    telemetry         every metric of METHODS.md §7 (telemetry.py), stage timings and peak memory
+                      (runinfo.py), per step
 
 Choices of the loop itself:
   - Every stage's randomness derives from (TrainConfig.seed, step): a per-step rollout seed, a
@@ -26,9 +29,15 @@ Choices of the loop itself:
   - Steps whose filters leave nothing to train on are *skipped* and logged with the reason; the LR
     schedule still advances (lr_t = lr_0 · γ^t counts trainer steps).
   - Refill duplicates are trained as separate rows (one forward each), as in the authors' code.
+  - Equal work (TrainConfig.work, step_filter_config): by default every arm trains on B groups per
+    update, an arm without refill trimmed to B as the authors' code does; "equal_rollouts" instead
+    gives every arm the same rollouts per step.
+  - The config may change between steps (a notebook's widgets): each change is validated, recorded
+    with the step it takes effect in RUN_DIR/config_changes.jsonl, reaches the optimizer, and is
+    replayed on resume (config_changes.py).
 
 Checkpoints (tao_lab/checkpoint.py) are written every `save_every` steps, at the end, and on Ctrl-C /
-SIGTERM, atomically. From the first optimizer step of an update to the end of the step's bookkeeping
+SIGTERM (interrupts.py), atomically. From the first optimizer step of an update to the end of the step's bookkeeping
 (schedule, state, run store, checkpoint) a signal is deferred, so a step is never half-applied: an
 interrupt during the rollout or the forward/backward abandons the step, one after the optimizer
 step lets it finish first.
@@ -38,11 +47,10 @@ Not covered: multi-GPU, sequence packing, vLLM, off-policy replay, value functio
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
-import resource
-import signal
 import sys
 import time
 import warnings
@@ -59,16 +67,22 @@ from . import checkpoint as ckpt
 from . import rundir
 from . import filters as filters_mod
 from .advantages import ShapingConfig
+from .config_changes import ConfigLog, apply_optim_changes, diff, replay
+from .config_changes import read as read_changes
 from .hooks import MethodHooks, PromptBatch, SeededStream
+from .interrupts import SignalGuard
 from .loss import LossConfig
 from .methods.arpo import ArpoConfig
 from .methods.e3tir import E3TIRConfig
 from .methods.et_agent import EtAgentConfig
 from .methods.toolexpander import ToolExpanderConfig
 from .models import ModelConfig, finish_policy, load_policy, load_tokenizer, tiny_model
-from .records import RunStore, Trajectory, is_correct
+from .optim import OptimConfig, make_optimizer
+from .records import RunStore, Trajectory
 from .rewards import RewardConfig, mark_correct, score
 from .rollout import RolloutConfig, RolloutStats, generate
+from .runinfo import StageTimer, git_revision, memory_metrics, versions
+from .telemetry import telemetry, trajectory_columns
 from .update import UpdateConfig, compute_advantages, update_policy
 
 TINY_MODEL = "tiny-random"  # ModelConfig.name that builds a tiny random Llama in-process (tests)
@@ -103,33 +117,6 @@ class DataConfig:
 
 
 @dataclass
-class OptimConfig:
-    """Optimizer over the adapter parameters and the learning-rate schedule."""
-
-    lr: float = 1e-5                 # lr_0
-    schedule: str = "constant"       # "constant" | "exponential" (ToolExpander: lr_t = lr_0 · γ^t)
-    gamma: float = 0.98              # γ of the exponential schedule, per trainer step [recon: paper gives none]
-    weight_decay: float = 0.0        # AdamW decoupled weight decay
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam moments
-    grad_clip: float = 1.0           # max global grad norm (TAO-RL code: 1.0); 0 = no clipping
-    optimizer: str = "auto"          # "adamw" | "paged_adamw_8bit" (bitsandbytes, CUDA) | "auto"
-
-    def __post_init__(self):
-        from . import checks
-
-        self.betas = tuple(self.betas)
-        checks.choice(self, "schedule", SCHEDULES)
-        checks.choice(self, "optimizer", ("auto", "adamw", "paged_adamw_8bit"))
-        checks.number(self, "lr", lo=0, hi=1, lo_open=True)            # LoRA RL uses 1e-6..1e-4
-        checks.number(self, "gamma", lo=0, hi=1, lo_open=True)
-        checks.number(self, "weight_decay", lo=0, hi=1)
-        checks.number(self, "grad_clip", lo=0)                         # nan would silently turn clipping off
-        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
-                                           and 0 <= b < 1 for b in self.betas):
-            raise ValueError(f"OptimConfig.betas={self.betas!r}: two finite numbers in [0, 1)")
-
-
-@dataclass
 class RunConfig:
     """Length of the run, where it is stored, how often it is checkpointed."""
 
@@ -156,6 +143,7 @@ class TrainConfig:
 
     method: str = "tao"              # the arm (methods/arms.py ARMS sets its switches, HOOKS its hooks)
     seed: int = 0                    # adapter init, task order, sampling and refill all derive from it
+    work: str = "equal_groups"       # what arms share per update: filters.WORK_MODES, step_filter_config
     merge_for_rollout: bool = True   # sample from W + s·BA merged (3x fewer matmuls); base restored exactly after
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -172,6 +160,12 @@ class TrainConfig:
     e3tir: E3TIRConfig = field(default_factory=E3TIRConfig)
     et_agent: EtAgentConfig = field(default_factory=EtAgentConfig)
     toolexpander: ToolExpanderConfig = field(default_factory=ToolExpanderConfig)
+
+    def __post_init__(self):
+        from . import checks
+
+        checks.choice(self, "work", filters_mod.WORK_MODES)
+        checks.number(self, "seed", lo=0, integer=True)
 
 
 # The stage sections of TrainConfig and their dataclasses (used by config_from_dict and --set).
@@ -190,7 +184,7 @@ def config_to_dict(cfg: TrainConfig) -> dict:
 def config_from_dict(d: dict) -> TrainConfig:
     """Inverse of config_to_dict (lists become tuples where the dataclass wants them). A section a
     stored config lacks (a run made before it existed) takes its defaults."""
-    kw = {}
+    kw = {"work": "equal_rollouts"}      # a stored config without `work` predates it: what it did
     for f in fields(TrainConfig):
         if f.name in SECTIONS:
             kw[f.name] = SECTIONS[f.name](**d.get(f.name, {}))
@@ -204,8 +198,18 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + stream * 104_729) % (2 ** 31 - 1)
 
 
+def step_filter_config(cfg: TrainConfig, step: int) -> filters_mod.FilterConfig:
+    """The filter stage's config of one step: refill target B, the step's refill seed, and under
+    work="equal_groups" an arm without refill trimmed to B groups (refill="subsample") [code]."""
+    refill = cfg.filter.refill
+    if cfg.work == "equal_groups" and refill == "none":
+        refill = "subsample"
+    return replace(cfg.filter, target_groups=cfg.data.prompts_per_step, seed=step_seed(cfg.seed, step, 2),
+                   refill=refill)
+
+
 # ----------------------------------------------------------------------------------------------
-# Stage 2: rollout
+# The policy and the rollout stage
 
 
 def can_merge(model) -> bool:
@@ -247,160 +251,6 @@ def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: i
     with torch.no_grad(), merged_adapter(model, merge):
         return generate(model, tok, tasks if batch is None else batch.tasks, replace(cfg, seed=seed),
                         pool=pool, group_offset=group_offset, **extra)
-
-
-# ----------------------------------------------------------------------------------------------
-# Telemetry (METHODS.md §7)
-
-
-def telemetry(trajs: list[Trajectory], fres: filters_mod.FilterResult) -> dict[str, float]:
-    """Tool and filter telemetry of one step's rollouts."""
-    n = max(len(trajs), 1)
-    calls = sum(t.n_tool_calls for t in trajs)
-    valid = sum(t.n_valid_calls for t in trajs)
-    mask = np.concatenate([np.asarray(t.mask, dtype=bool) for t in trajs]) if trajs else np.zeros(0, bool)
-    gate = np.concatenate([np.asarray(t.post_tool, dtype=bool) for t in trajs]) if trajs else np.zeros(0, bool)
-    ent = np.concatenate([np.asarray(t.entropies, dtype=float) for t in trajs]) if trajs else np.zeros(0)
-    other = mask & ~gate
-    groups = max(fres.counts.get("filter/groups_in", 0), 1)
-    lengths = [t.n_sampled for t in trajs]
-    rewards: dict[int, list[float]] = {}
-    verdicts: dict[int, list[bool]] = {}
-    for t in trajs:
-        rewards.setdefault(t.group_id, []).append(float(t.reward or 0.0))
-        verdicts.setdefault(t.group_id, []).append(is_correct(t))
-    n_groups = max(len(rewards), 1)
-    return {
-        # every group of the step, whatever the filters do. all-correct / all-wrong are the verifier's
-        # verdicts; "degenerate" is Filter B's reward-std test (under a shaped reward they differ)
-        "groups/all_correct_rate": sum(all(v) for v in verdicts.values()) / n_groups,
-        "groups/all_wrong_rate": sum(not any(v) for v in verdicts.values()) / n_groups,
-        "groups/degenerate_rate": sum(filters_mod.is_degenerate(r) for r in rewards.values()) / n_groups,
-        "tool/calls_per_traj": calls / n,
-        "tool/used_rate": sum(t.n_tool_calls > 0 for t in trajs) / n,
-        "tool/success_rate": valid / calls if calls else float("nan"),
-        "tool/all_failed_rate": sum(filters_mod.all_tools_failed(t) for t in trajs) / n,
-        "tool/void_turn_rate": sum(t.void_turn for t in trajs) / n,
-        "tool/truncated_rate": sum(t.truncated for t in trajs) / n,
-        "filter/b_drop_rate": (fres.counts.get("filter_b/all_correct", 0) + fres.counts.get("filter_b/all_wrong", 0)) / groups,
-        "filter/b_all_correct_rate": fres.counts.get("filter_b/all_correct", 0) / groups,
-        "filter/b_all_wrong_rate": fres.counts.get("filter_b/all_wrong", 0) / groups,
-        "entropy/gate_coverage": float(gate.sum()) / max(float(mask.sum()), 1.0),
-        "entropy/post_tool_mean": float(ent[gate].mean()) if gate.any() else float("nan"),
-        "entropy/other_mean": float(ent[other].mean()) if other.any() else float("nan"),
-        "entropy/sampled_mean": float(ent[mask].mean()) if mask.any() else float("nan"),
-        "rollout/sampled_len_mean": float(np.mean(lengths)) if lengths else 0.0,
-    }
-
-
-def trajectory_columns(trajs: list[Trajectory], fres: filters_mod.FilterResult,
-                       adv_all: torch.Tensor) -> dict[str, list]:
-    """Per-trajectory filter decisions for the run store: keep, reason, loss weight, rows, advantage."""
-    n = len(trajs)
-    reason = ["ok"] * n
-    for r in fres.decisions.itertuples():
-        if reason[r.traj] == "ok" and r.reason != "ok":
-            reason[r.traj] = f"{r.rule}:{r.reason}"
-    rows = [0] * n
-    weight = [0.0] * n
-    adv = [float("nan")] * n
-    for k, (i, w) in enumerate(zip(fres.index, fres.weights)):
-        rows[i] += 1
-        weight[i] = w
-        if math.isnan(adv[i]) and k < len(adv_all):
-            adv[i] = float(adv_all[k])
-    return {"keep": [r > 0 for r in rows], "filter_reason": reason, "loss_weight": weight,
-            "n_rows": rows, "advantage": adv}
-
-
-# ----------------------------------------------------------------------------------------------
-# Small helpers: timing, memory, optimizer, schedule, versions
-
-
-class StageTimer:
-    """`with timer("rollout"): ...` accumulates seconds per stage name."""
-
-    def __init__(self):
-        self.s: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str):
-        t = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.s[name] = self.s.get(name, 0.0) + time.perf_counter() - t
-
-    def metrics(self) -> dict[str, float]:
-        return {f"time/{k}_s": v for k, v in self.s.items()} | {"time/step_s": sum(self.s.values())}
-
-
-def memory_metrics(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of the process so far (Linux ru_maxrss is KiB) and, on CUDA, the step's peak."""
-    out = {"mem/peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if device.type == "cuda":
-        out["mem/cuda_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
-        torch.cuda.reset_peak_memory_stats(device)
-    return out
-
-
-def _constant(_: int) -> float:
-    return 1.0
-
-
-SCHEDULES: dict[str, Callable] = {
-    "constant": lambda opt, cfg: torch.optim.lr_scheduler.LambdaLR(opt, _constant),
-    "exponential": lambda opt, cfg: torch.optim.lr_scheduler.ExponentialLR(opt, cfg.gamma),  # lr_0·γ^t
-}
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg: OptimConfig):
-    """AdamW on the adapter parameters; 8-bit paged AdamW (bitsandbytes) on CUDA when "auto"."""
-    kind = cfg.optimizer
-    on_cuda = params[0].device.type == "cuda"
-    if kind == "auto":
-        kind = "paged_adamw_8bit" if on_cuda else "adamw"
-    if kind == "paged_adamw_8bit":
-        if not on_cuda:
-            raise ValueError("OptimConfig.optimizer='paged_adamw_8bit' needs CUDA; use 'adamw' (or 'auto') on CPU")
-        import bitsandbytes as bnb
-        opt = bnb.optim.PagedAdamW8bit(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return opt, SCHEDULES[cfg.schedule](opt, cfg)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "transformers", "peft", "bitsandbytes", "tao_lab"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
-def git_revision(start: Path | None = None) -> str:
-    """The checkout's commit id, read from .git without running git ("unknown" outside a clone)."""
-    p = (start or Path(__file__)).resolve()
-    for d in [p, *p.parents]:
-        git = d / ".git"
-        if git.is_dir():
-            try:
-                head = (git / "HEAD").read_text().strip()
-                if not head.startswith("ref: "):
-                    return head
-                ref = head[5:]
-                if (git / ref).exists():
-                    return (git / ref).read_text().strip()
-                for line in (git / "packed-refs").read_text().splitlines():
-                    if line.endswith(" " + ref):
-                        return line.split()[0]
-            except OSError:
-                return "unknown"
-            return "unknown"
-    return "unknown"
 
 
 def load_model(cfg: ModelConfig, seed: int):
@@ -496,10 +346,11 @@ class Trainer:
         hooks = resolve_hooks(cfg, self.tasks, tok, prompt_source, reward_fn, advantage_fn)
         self.prompt_source, self.reward_fn, self.advantage_fn = hooks.prompt_source, hooks.reward_fn, hooks.advantage_fn
         self.on_step = on_step
-        self.state = TrainState(source=self.prompt_source.state_dict())
+        self.state = TrainState(source=copy.deepcopy(self.prompt_source.state_dict()))
+        self.config_log = ConfigLog(self.store.path, config_to_dict(cfg))
         self.device = self.params[0].device
         self._pool, self._own_pool = pool, pool is None
-        self._critical, self._pending_signal = False, None
+        self.signals = SignalGuard()
         self._rng_snapshot = ckpt.rng_state()
         self.last_log: StepLog | None = None
         if write_config:
@@ -527,27 +378,17 @@ class Trainer:
 
     # -- one step
     def step(self) -> StepLog:
-        cfg, s = self.cfg, self.state.step + 1
-        timer = StageTimer()
-        B = cfg.data.prompts_per_step
+        s = self.state.step + 1
+        changes = self._config_changes(s)
+        cfg, timer = self.cfg, StageTimer()
         try:
-            with timer("sample"):
-                pbatch = self.prompt_source.next_batch(s, math.ceil(B * cfg.data.oversample))
-            with timer("rollout"):
-                trajs, rstats = rollout_stage(self.model, self.tok, pbatch.tasks, cfg.rollout, self.pool,
-                                              step_seed(cfg.seed, s, 1), merge=cfg.merge_for_rollout, batch=pbatch)
-            with timer("reward"):
-                rmetrics = self._score(trajs, s)
-                smetrics = self.prompt_source.observe(s, pbatch, trajs) or {}
-            with timer("filter"):
-                fcfg = replace(cfg.filter, target_groups=B, seed=step_seed(cfg.seed, s, 2))
-                fres = filters_mod.apply(trajs, fcfg)
+            trajs, fres, sample_metrics = self._sample_and_filter(s, timer)
             with timer("advantage"):
                 batch, adv_all, ametrics = self.advantage_fn(trajs, fres, cfg.update.adv_std)
         except BaseException:
             # the step did not happen: the source goes back to the last committed state, so a
             # retried (or resumed) step draws the same prompts
-            self.prompt_source.load_state_dict(self.state.source)
+            self.prompt_source.load_state_dict(copy.deepcopy(self.state.source))
             raise
         skip_reason = fres.skip_reason or ("" if batch.trajs else "no advantage row has a loss weight > 0")
         umetrics: dict[str, float] = {}
@@ -559,18 +400,77 @@ class Trainer:
                                              cfg=cfg.update, shaping=cfg.shaping, loss=cfg.loss,
                                              grad_clip=cfg.optim.grad_clip, temperature=cfg.rollout.temperature,
                                              max_new_tokens=cfg.rollout.max_new_tokens,
-                                             before_optimizer_step=self._begin_critical)
-            log = self._commit(s, trajs, fres, adv_all, skip_reason, metric_parts=(
-                pbatch.info, smetrics, rstats.as_metrics(), rmetrics, fres.counts, ametrics, umetrics), timer=timer)
+                                             before_optimizer_step=self.signals.begin)
+            log = self._commit(s, trajs, fres, adv_all, skip_reason,
+                               metric_parts=(sample_metrics, fres.counts, ametrics, umetrics,
+                                             {"config/changes": len(changes)}), timer=timer)
         except BaseException:
             if self.state.step < s:      # not committed: undo the source's draw (see above)
-                self.prompt_source.load_state_dict(self.state.source)
+                self.prompt_source.load_state_dict(copy.deepcopy(self.state.source))
             raise
         finally:
-            self._critical = False       # an exception mid-step must not leave signals deferred
+            self.signals.clear()         # an exception mid-step must not leave signals deferred
         if self.on_step is not None:
             self.on_step(log)
         return log
+
+    def _config_changes(self, s: int) -> list[dict]:
+        """The config as it stands now (a notebook may have changed it) is validated, its changes
+        are recorded as taking effect at step s, and optimizer changes reach the optimizer."""
+        now = config_to_dict(self.cfg)
+        config_from_dict(now)     # every section's checks again (an in-place edit skipped them); self.cfg
+        changes = self.config_log.check(now, s)   # stays the object the caller may still be editing
+        apply_optim_changes(changes, self.optimizer, self.scheduler)
+        return changes
+
+    def _sample_and_filter(self, s: int, timer: StageTimer):
+        """Prompt source -> rollout -> reward -> observe -> filters: (trajs, FilterResult, metrics).
+
+        With filter.refill="dynamic" (DAPO, methods/dapo.py) the rounds repeat on fresh prompts
+        until B groups survive Filter B or filter.max_rounds rounds ran; round 0 is exactly the batch
+        a run without it rolls out, and the rounds' metrics are merged (dapo.merge_rounds)."""
+        cfg, fcfg = self.cfg, step_filter_config(self.cfg, s)
+        k0 = math.ceil(cfg.data.prompts_per_step * cfg.data.oversample)
+        if fcfg.refill != "dynamic":
+            trajs, info, metrics = self._sample_round(s, k0, 0, timer)
+            with timer("filter"):
+                fres = filters_mod.apply(trajs, fcfg)
+            return trajs, fres, {**info, **metrics}
+        from .methods.dapo import dynamic_sampling, merge_rounds
+
+        pool: list[Trajectory] = []
+        rounds: list[tuple[int, dict]] = []
+        info: dict = {}
+
+        def sample(need: int) -> list[Trajectory]:
+            nonlocal info
+            k = k0 if not rounds else math.ceil(need * cfg.data.oversample)
+            trajs, info, metrics = self._sample_round(s, k, len(rounds), timer,
+                                                      group_offset=1 + max((t.group_id for t in pool), default=-1))
+            pool.extend(trajs)
+            rounds.append((len(trajs), metrics))
+            return trajs
+
+        t0, inner = time.perf_counter(), sum(timer.s.values())
+        pool_out, fres = dynamic_sampling(sample, fcfg, cfg.filter.max_rounds)
+        # the rounds timed their own stages; the filter passes between them are the rest
+        timer.add("filter", time.perf_counter() - t0 - (sum(timer.s.values()) - inner))
+        return pool_out, fres, {**info, **merge_rounds(rounds)}
+
+    def _sample_round(self, s: int, k: int, rnd: int, timer: StageTimer, group_offset: int = 0):
+        """One round of k prompts: (trajs, the source's batch.info, rollout/reward/observe metrics).
+        Round 0 samples with the step's rollout seed; round r > 0 with its own (stream 100 + r)."""
+        cfg = self.cfg
+        with timer("sample"):
+            pbatch = self.prompt_source.next_batch(s, k)
+        with timer("rollout"):
+            seed = step_seed(cfg.seed, s, 1 if rnd == 0 else 100 + rnd)
+            trajs, rstats = rollout_stage(self.model, self.tok, pbatch.tasks, cfg.rollout, self.pool, seed,
+                                          group_offset=group_offset, merge=cfg.merge_for_rollout, batch=pbatch)
+        with timer("reward"):
+            rmetrics = self._score(trajs, s)
+            smetrics = self.prompt_source.observe(s, pbatch, trajs) or {}
+        return trajs, dict(pbatch.info), {**smetrics, **rstats.as_metrics(), **rmetrics}
 
     def _score(self, trajs: list[Trajectory], s: int) -> dict[str, float]:
         """The reward hook, then the verifier's verdict on every trajectory it left unchecked."""
@@ -580,18 +480,15 @@ class Trainer:
         mark_correct(trajs, self.cfg.reward)
         return {"reward/accuracy": float(np.mean([bool(t.correct) for t in trajs])) if trajs else 0.0, **metrics}
 
-    def _begin_critical(self) -> None:
-        self._critical = True
-
     def _commit(self, s, trajs, fres, adv_all, skip_reason, metric_parts, timer) -> StepLog:
         """Advance the schedule and the state, write the step and maybe a checkpoint, uninterruptibly."""
         cfg = self.cfg
-        with self._critical_section():   # commit: nothing below may be cut in half by a signal
+        with self.signals.critical_section():   # commit: nothing below may be cut in half by a signal
             lr = self.scheduler.get_last_lr()[0]
             with warnings.catch_warnings():   # a skipped step advances the schedule without an optimizer step
                 warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
                 self.scheduler.step()
-            self.state = TrainState(step=s, source=self.prompt_source.state_dict())
+            self.state = TrainState(step=s, source=copy.deepcopy(self.prompt_source.state_dict()))
             metrics = {"step": s, "skipped": int(bool(skip_reason)), "lr": lr}
             for part in metric_parts:
                 metrics.update(part)
@@ -621,7 +518,7 @@ class Trainer:
         if progress:
             from tqdm.auto import tqdm
             bar = tqdm(total=target, initial=self.state.step, desc="train", unit="step")
-        with self._signals():
+        with self.signals.handling():
             try:
                 while self.state.step < target:
                     log = self.step()
@@ -645,38 +542,6 @@ class Trainer:
             self.save_checkpoint()
         return logs
 
-    @contextmanager
-    def _critical_section(self):
-        self._critical = True
-        try:
-            yield
-        finally:
-            self._critical = False
-            if self._pending_signal is not None:
-                self._pending_signal = None
-                raise KeyboardInterrupt
-
-    @contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM raise KeyboardInterrupt, deferred while in the critical section."""
-        import threading
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._critical:
-                self._pending_signal = signum
-            else:
-                raise KeyboardInterrupt
-
-        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, h in old.items():
-                signal.signal(sig, h)
-
     # -- checkpoints
     def save_checkpoint(self) -> Path:
         return ckpt.save(self.store.path, self.state.step, model=self.model, optimizer=self.optimizer,
@@ -695,25 +560,51 @@ class Trainer:
         """
         plan = rundir.prepare_resume(run_dir)   # newest intact checkpoint; the store repaired to it
         if plan.path is None:      # none intact: step 0 with config.json, fresh model / optimizer / source
-            cfg = config_from_dict(plan.config)
+            cfg = resumed_config(run_dir, plan.config, 0)
             tr = cls(cfg if steps is None else replace(cfg, run=replace(cfg.run, steps=steps)), run_dir,
                      write_config=False, **kw)
+            tr.config_log.truncate_after(1)
             tr.resume_notes = plan.notes
             return tr
         path = plan.path
         saved = ckpt.read_state(path)
-        cfg = config_from_dict(saved["config"])
+        step = TrainState.from_saved(saved["state"]).step
+        cfg = resumed_config(run_dir, saved["config"], step)
         if steps is not None:
             cfg = replace(cfg, run=replace(cfg.run, steps=steps))
         tr = cls(cfg, run_dir, write_config=False, **kw)
         ckpt.load_into(path, model=tr.model, optimizer=tr.optimizer, scheduler=tr.scheduler)
+        # the checkpoint's optimizer predates the changes of the step it resumes: apply those again
+        tr.config_log.truncate_after(step + 1)
+        apply_optim_changes([c for c in read_changes(run_dir) if c["step"] > step], tr.optimizer, tr.scheduler)
         tr.state = TrainState.from_saved(saved["state"])
-        tr.prompt_source.load_state_dict(tr.state.source)
+        tr.prompt_source.load_state_dict(copy.deepcopy(tr.state.source))
         ckpt.set_rng_state(ckpt.read_rng(path))
         tr._rng_snapshot = ckpt.rng_state()
         tr.store.truncate_after(tr.state.step)
         tr.resume_notes = plan.notes
         return tr
+
+
+def resumed_config(run_dir, saved_config: dict, step: int) -> TrainConfig:
+    """The config a run resumed after `step` continues with: the run's first config (config.json)
+    with the changes recorded up to step + 1 (the step it redoes) replayed, and the checkpoint's
+    run.steps; the checkpoint's config where the run has no config.json. A field changed after the
+    last recorded step never ran, so it is not carried over (a warning names it)."""
+    store = RunStore(run_dir)
+    first = store.read_config().get("train") if (store.path / "config.json").exists() else None
+    base = first if first is not None else saved_config
+    changes = [c for c in read_changes(run_dir) if c["step"] <= step + 1]
+    replayed = config_from_dict(replay(base, changes, step + 1))
+    # the run's length is the last invocation's (`tao-lab resume --steps N` lengthened it)
+    replayed.run.steps = config_from_dict(saved_config).run.steps
+    redone = {c["field"] for c in changes if c["step"] == step + 1} | {"run.steps"}   # after the checkpoint
+    unused = [c["field"] for c in diff(config_to_dict(config_from_dict(saved_config)), config_to_dict(replayed))
+              if c["field"] not in redone]
+    if first is not None and unused:
+        warnings.warn(f"resuming {run_dir} after step {step}: {unused} were changed after the last step that "
+                      f"ran and are not carried over (change them again on the resumed Trainer)", stacklevel=3)
+    return replayed
 
 
 def frame_of_logs(logs: Sequence[StepLog]) -> pd.DataFrame:

@@ -37,7 +37,7 @@ def _call(turn: int, valid: bool) -> ToolCall:
 def make_trajectory(gid: int, k: int, reward: float, rng: random.Random) -> Trajectory:
     tr = Trajectory(task_id=f"task-{gid}", group_id=gid, sample_idx=k, prompt_ids=[1, 2, 3],
                     token_ids=[], mask=[], logprobs=[], entropies=[], turn_idx=[], post_tool=[],
-                    answer="56088", reward=float(reward))
+                    answer="56088", reward=float(reward), correct=reward > 0)
     n_turns = 1 if (gid, k) in NO_TOOL | VOID else rng.choice([2, 2, 3])
     for turn in range(n_turns):
         n_sampled = rng.randint(12, 30)

@@ -41,7 +41,7 @@ def _write_grid(root, arms: dict[str, list[list[int]]]):
             d = grid.cell_dir(root, arm, s)
             store = RunStore(d)
             store.write_config({"train": {"method": "grpo", "seed": s, "data": {"prompts_per_step": 2, "oversample": 2.0},
-                                          "rollout": {"group_size": 4}}})
+                                          "rollout": {"group_size": 4}, "filter": {"refill": "none"}}})
             for step in (1, 2):
                 store.append_metrics({"step": step, "reward/mean": 0.1 * step + 0.01 * s, "time/step_s": 5.0,
                                       "tool/success_rate": 0.5, "entropy/post_tool_mean": 1.2})
@@ -101,8 +101,8 @@ def test_the_paired_difference_is_taken_per_seed_and_task(two_arms):
 def test_a_sentence_says_which_intervals_separate_the_arms(two_arms):
     _, _, summary = two_arms
     words = compare.sentences(summary)
-    better = [w for w in words if w.startswith("better − base, held-out avg@2")]
-    same = [w for w in words if w.startswith("same − base, held-out avg@2")]
+    better = [w for w in words if w.startswith("better − base (work=equal_rollouts), held-out avg@2")]
+    same = [w for w in words if w.startswith("same − base (work=equal_rollouts), held-out avg@2")]
     assert "excludes 0, so better scores higher than base" in better[0]
     assert "includes 0, so these runs do not separate same from base" in same[0]
     assert "3 paired seeds × 4 tasks" in better[0]
@@ -122,10 +122,38 @@ def test_the_page_is_self_contained_and_the_csv_is_tidy(two_arms, tmp_path):
     assert not re.search(r"<script[^>]+src=", page), "the page must not load scripts from anywhere"
     assert not re.search(r"<link[^>]+href=[\"']https?:", page)
     assert "vegaEmbed(" in page and "excludes 0" in page
-    assert "mode not recorded (B=2 groups per update, 16 rollouts per step)" in page
+    # the stored configs predate TrainConfig.work: they ran equal_rollouts, and grpo has no refill
+    assert "work=equal_rollouts (up to 4 groups per update, 16 rollouts per step)" in page
+    assert "work per step, base: work=equal_rollouts" in paths["sentences"]
+    assert "better − base (work=equal_rollouts), held-out" in paths["sentences"]
     csv = pd.read_csv(paths["csv"])
     assert set(csv["kind"]) == {"heldout", "heldout_before", "paired", "telemetry"}
-    assert list(csv.columns) == ["kind", "arm", "other", "metric", "step", "n_seeds", "n_tasks", "mean", "lo", "hi"]
+    assert list(csv.columns) == ["kind", "arm", "other", "metric", "step", "n_seeds", "n_tasks", "mean", "lo", "hi",
+                                 "work"]
+    assert set(csv["work"]) == {"equal_rollouts"}
+
+
+def test_the_work_mode_is_read_from_the_config_and_compare_can_keep_one_mode(two_arms, tmp_path):
+    root, _, _ = two_arms
+    train = {"method": "grpo", "work": "equal_groups", "data": {"prompts_per_step": 2, "oversample": 2.0},
+             "rollout": {"group_size": 4}, "filter": {"refill": "none"}}
+    assert compare.work_mode(train) == ("equal_groups", "B=2 groups per update, 16 rollouts per step")
+    assert compare.work_mode({**train, "work": "equal_rollouts"})[1].startswith("up to 4 groups")
+    assert compare.work_mode({}) == ("?", "budget ?")
+    assert set(compare.load_runs([root], work="equal_rollouts").runs["work"]) == {"equal_rollouts"}
+    with pytest.raises(ValueError, match=r"work='equal_groups'.*made with work=\['equal_rollouts'\]"):
+        compare.write_comparison([root], tmp_path, n_boot=10, work="equal_groups")
+
+
+def test_a_comparison_of_arms_under_different_modes_says_so_beside_the_numbers(tmp_path):
+    root = tmp_path / "grid"
+    _write_grid(root, {"base": BASE, "better": BETTER})
+    d = grid.cell_dir(root, "better", 0)
+    cfg = RunStore(d).read_config()
+    RunStore(d).write_config({"train": {**cfg["train"], "work": "equal_groups"}})
+    summary = compare.summarise(compare.load_runs([root]), n_boot=10)
+    assert set(summary.loc[summary["arm"] == "better", "work"]) == {"equal_groups+equal_rollouts"}
+    assert set(summary.loc[summary["arm"] == "base", "work"]) == {"equal_rollouts"}
 
 
 def test_a_run_folder_is_read_as_its_method_and_seed(two_arms):

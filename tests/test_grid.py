@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,22 @@ def test_restarting_a_grid_folder_with_a_different_spec_is_refused(tmp_path):
     grid._write_or_check_spec(tiny_spec(), tmp_path)          # the same spec: fine
     with pytest.raises(ValueError, match="steps"):
         grid._write_or_check_spec(GridSpec(**{**tiny_spec().__dict__, "steps": 3}), tmp_path)
+
+
+def test_a_grid_made_before_the_work_switch_resumes_only_as_equal_rollouts(tmp_path):
+    spec = tiny_spec()
+    grid._write_or_check_spec(replace(spec, work="equal_rollouts"), tmp_path)
+    old = json.loads((tmp_path / "grid.json").read_text())
+    del old["work"]                                          # the grid.json of an older checkout
+    (tmp_path / "grid.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="resume it with --work equal_rollouts"):
+        grid._write_or_check_spec(spec, tmp_path)            # the default, equal_groups: refused
+    grid._write_or_check_spec(replace(spec, work="equal_rollouts"), tmp_path)
+    assert grid.make_cell_config(spec, spec.arms[0], 0, tmp_path / "x").work == "equal_groups"
+    assert grid.make_cell_config(replace(spec, work="equal_rollouts"), spec.arms[0], 0, tmp_path / "x").work == \
+        "equal_rollouts"
+    with pytest.raises(ValueError, match="GridSpec.work='equal'"):
+        replace(spec, work="equal")
 
 
 def test_jobs_times_threads_above_the_cores_is_refused():

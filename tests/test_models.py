@@ -36,6 +36,10 @@ def test_loading_by_local_path_gives_a_working_model(tiny_dir):
 
 def test_unknown_hub_id_offline_raises_an_error_that_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads the variable once, at import: without this the test waits ~45 s on
+    # network timeouts whenever an earlier test imported it
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(RuntimeError, match="smollm2-135m"):
         load_policy("no-such-org/no-such-model-xyz", lora=False)
 

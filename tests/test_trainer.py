@@ -8,12 +8,12 @@ import math
 from dataclasses import replace
 
 import pytest
-
-from tao_lab.hooks import seeded_order
 import torch
 
 from tao_lab import trainer as T
 from tao_lab import update as U
+from tao_lab.hooks import seeded_order
+from tao_lab.optim import OptimConfig, make_optimizer
 from tao_lab.presets import apply_overrides, make_config
 from tao_lab.records import RunStore
 from train_helpers import adapter, alternating_reward, one_thread, tiny_cfg  # noqa: F401
@@ -175,7 +175,7 @@ def test_kl_to_the_adapter_disabled_model_is_zero_while_the_adapter_is_still_ide
 
 def test_exponential_schedule_multiplies_the_learning_rate_by_gamma_each_step():
     p = [torch.nn.Parameter(torch.zeros(2))]
-    opt, sched = T.make_optimizer(p, T.OptimConfig(lr=0.1, schedule="exponential", gamma=0.5, optimizer="adamw"))
+    opt, sched = make_optimizer(p, OptimConfig(lr=0.1, schedule="exponential", gamma=0.5, optimizer="adamw"))
     lrs = []
     for _ in range(3):
         lrs.append(sched.get_last_lr()[0])

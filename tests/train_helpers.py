@@ -35,3 +35,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    """One warm sandbox pool for a module's trainers (Trainer(pool=...)): each Trainer would start its own."""
+    from tao_lab.sandbox import SandboxConfig, SandboxPool
+
+    p = SandboxPool(config=SandboxConfig())
+    yield p
+    p.close()

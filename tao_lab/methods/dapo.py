@@ -5,6 +5,14 @@ surviving groups, DAPO keeps rolling out fresh prompts until B groups with a non
 survive (or `max_rounds` rounds have run: the recipe's `max_num_gen_batches`, default 10 [code]),
 then trims the pool to B groups. Selected with FilterConfig.refill="dynamic"; the Trainer hands
 `dynamic_sampling` a sampler that rolls out, scores and observes a new round of prompts.
+
+In the Trainer [recon where the recipe is silent]: round 0 is exactly the batch a run without
+dynamic sampling rolls out (ceil(B x oversample) prompts, the step's rollout seed); round r > 0
+rolls out ceil(missing x oversample) new prompts from the prompt source with fresh group ids and its
+own seed (trainer.step_seed stream 100 + r). The step's telemetry covers every round's groups, its
+rollout counters are summed over rounds and its reward means weighted by trajectories
+(`merge_rounds`); `dynamic/rounds`, `dynamic/sampled_groups` and `dynamic/short_by` are logged.
+The trim to B is seeded by the step's refill seed.
 """
 
 from __future__ import annotations
@@ -15,13 +23,14 @@ from typing import Callable
 from ..filters import FilterConfig, FilterResult, apply
 from ..records import Trajectory
 
+
 def need_more(result: FilterResult, target_groups: int) -> int:
     """How many more informative groups a dynamic-sampling loop still has to collect (0 = enough)."""
     return max(0, target_groups - result.n_groups_survived)
 
 
 def dynamic_sampling(sample: Callable[[int], list[Trajectory]], cfg: FilterConfig,
-                     max_rounds: int = 8) -> tuple[list[Trajectory], FilterResult]:
+                     max_rounds: int = 10) -> tuple[list[Trajectory], FilterResult]:
     """DAPO's alternative to refill: keep sampling until `cfg.target_groups` groups survive.
 
     `sample(k)` must roll out and score k new prompts (it may oversample) and return their
@@ -55,3 +64,30 @@ def dynamic_sampling(sample: Callable[[int], list[Trajectory]], cfg: FilterConfi
     final.counts.update({"dynamic/rounds": rounds, "dynamic/sampled_groups": sampled,
                          "dynamic/short_by": need_more(final, cfg.target_groups)})
     return pool, final
+
+
+def merge_rounds(rounds: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """One step's metrics from its sampling rounds, each given as (trajectories, metrics) [recon].
+
+    Rollout counters and times (`rollout/...`, `finish/...`) and the counts of metrics.COUNTS are
+    summed (sampled_tokens_per_s is recomputed from the sums); every other metric is a rate or a
+    mean over the round's trajectories, so it is weighted by them (a round without trajectories
+    weighs nothing; NaN parts are left out).
+    """
+    import math
+
+    from ..metrics import COUNTS
+
+    keys = list(dict.fromkeys(k for _, m in rounds for k in m))
+    out: dict[str, float] = {}
+    for key in keys:
+        vals = [(n, float(m[key])) for n, m in rounds if isinstance(m.get(key), (int, float))]
+        if key.startswith(("rollout/", "finish/")) or key in COUNTS:
+            out[key] = float(sum(v for _, v in vals if not math.isnan(v)))
+        else:
+            parts = [(n, v) for n, v in vals if n > 0 and not math.isnan(v)]
+            total = sum(n for n, _ in parts)
+            out[key] = sum(n * v for n, v in parts) / total if total else float("nan")
+    if out.get("rollout/wall_s"):
+        out["rollout/sampled_tokens_per_s"] = out.get("rollout/sampled_tokens", 0.0) / out["rollout/wall_s"]
+    return out
