@@ -117,6 +117,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="calls per pool measurement")
     ap.add_argument("--workers", type=int, nargs="+", default=[2, 4], help="pool sizes to measure")
+    ap.add_argument("--out", default=str(OUT), help="result JSON (default: the saved result)")
     args = ap.parse_args()
     info, rows = machine(), []
     print(f"{'tier':<11} {'workload':<13} {'mode':<12} {'calls':>5} {'calls/s':>8}  "
@@ -135,10 +136,11 @@ def main():
                 print(f"{tier:<11} {name:<13} {row['mode']:<12} {row['n']:>5} {row['calls_per_s']:>8.1f}"
                       f"  {lat}  {row['exec_p50_ms']:>6.1f} {row['exec_p95_ms']:>6.1f}", flush=True)
     info["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"machine": info, "results": rows}, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": info, "results": rows}, indent=2) + "\n")
     print(f"load average (1 min) {info['load_avg_1m_at_start']} -> {info['load_avg_1m_at_end']}; "
-          f"wrote {OUT}")
+          f"wrote {out}")
 
 
 if __name__ == "__main__":

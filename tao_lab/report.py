@@ -192,6 +192,19 @@ def _safe(fn, *args):
         return None, f"no chart: {e}"
 
 
+def eval_table_html(evals: pd.DataFrame) -> str:
+    """The held-out table: one row per saved evaluation, labels in words, short column titles."""
+    if evals.empty:
+        return "<p>(no evaluation saved under evals/)</p>"
+    k_cols = [c for c in evals.columns if c.startswith(("eval/avg@", "eval/pass@"))]
+    shown = evals.assign(label=evals["label"].map(eval_label))
+    cols = {"label": "evaluation", **{c: c[5:] for c in k_cols}, "eval/n_tasks": "tasks",
+            "tool/used_rate": "used tool", "tool/success_rate": "tool success",
+            "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer",
+            "behaviour/effi": "Effi", "behaviour/redundant_rate": "redundant calls"}
+    return _table(shown.rename(columns=cols), list(cols.values()))
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=None) -> Path:
     """Write the HTML report of a run; returns its path (default run_dir/report.html)."""
     import vl_convert as vlc
@@ -223,16 +236,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, tokenizer=N
         tokens = explore.token_table(store.read_step(steps[-1]))
         offset_chart, note = _safe(plots.entropy_after_tool_chart, explore.entropy_by_offset(tokens))
     evals = eval_frame(run_dir)
-    k_cols = [c for c in evals.columns if c.startswith(("eval/avg@", "eval/pass@"))] if not evals.empty else []
-    if not evals.empty:
-        shown = evals.assign(label=evals["label"].map(eval_label))
-        cols = {"label": "evaluation", **{c: c[5:] for c in k_cols}, "eval/n_tasks": "tasks",
-                "tool/used_rate": "used tool", "tool/success_rate": "tool success",
-                "tool/calls_per_traj": "calls / episode", "reward/no_answer_rate": "no answer",
-                "behaviour/effi": "Effi", "behaviour/redundant_rate": "redundant calls"}
-        eval_html = _table(shown.rename(columns=cols), list(cols.values()))
-    else:
-        eval_html = "<p>(no evaluation saved under evals/)</p>"
+    eval_html = eval_table_html(evals)
 
     last = metrics.iloc[-1]
     head = headline(train_cfg, metrics, evals)
