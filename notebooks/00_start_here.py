@@ -77,21 +77,23 @@ for tier, verdict in status.items():
 # ## The notebooks, in order
 #
 # Times are wall-clock on the project machine (2 CPU cores, no GPU). *Smoke* is what `make test` runs
-# (`TAO_LAB_SMOKE=1`: tiny sizes, the story intact); *full* is the size the notebook is written for.
+# (`TAO_LAB_SMOKE=1`: tiny sizes, the story intact; measured this round on a shared machine, so
+# upper bounds); *full* is the size the notebook is written for, given where it has been measured.
 #
 # | notebook | it teaches | smoke | full |
 # |---|---|---|---|
 # | `00_start_here` | this map, the glossary, a machine check | seconds | seconds |
-# | `01_tool_sandbox` | one tool call and its result, every limit tripping, both tool-call protocols | ~0.5 min | ~1 min |
-# | `02_rollouts` | zero-shot vs few-shot rollouts of the embedded model, one episode as coloured tokens, the run store | ~1 min | ~3 min |
-# | `03_filtering` | TAO-RL Filter A / B, void-turn and overlong masks, refill: every decision with its reason | ~1.5 min | ~5 min |
-# | `04_entropy` | per-token entropy around tool calls, the post-tool reshaping and its switches, a live panel | ~1 min | ~3 min |
-# | `05_training` | one GRPO / TAO-RL step as calls, then live training with charts and widgets | ~2 min | ~15 min |
+# | `01_tool_sandbox` | one tool call and its result, every limit tripping, both tool-call protocols | < 1 min | ~1 min |
+# | `02_rollouts` | zero-shot vs few-shot rollouts, one episode as coloured tokens, a group side by side, the run store | 1-3 min | rollout cell ~2 min |
+# | `03_filtering` | TAO-RL Filter A / B, void-turn and overlong masks, refill: every decision with its reason | 1-2 min | not measured |
+# | `04_entropy` | per-token entropy around tool calls, the post-tool reshaping and its switches, a live panel | ~1 min | not measured |
+# | `05_training` | one GRPO / TAO-RL step as calls, then live training with charts and widgets | 1-2 min | ~12 min (6 steps, as `make demo`) |
+# | `06_tree_rollouts` | E3-TIR: experts, anchors, rollouts from anchors, the tree, mixed advantages, the expert share | 1-1.5 min | not measured |
+# | `07_behaviour` | ET-Agent: behaviour metrics, a flywheel round, Pareto selection, σ annealing, a radar | 1-2 min | not measured |
+# | `08_weak_models` | ToolExpander: all-wrong groups, hard-sample replacement, self-examples, a BFCL episode | 1-1.5 min | not measured |
 #
-# Later notebooks (06 tree rollouts: E3-TIR and ARPO; 07 behaviour: ET-Agent; 08 weak models:
-# ToolExpander and function calling) follow the same pattern where this checkout has them:
-# `ls notebooks/`. Full-size times assume a quiet machine; the thread policy below keeps a busy
-# laptop from stalling, but another heavy process on the same cores still slows everything down.
+# Full-size times assume a quiet machine; the thread policy keeps a busy laptop from stalling, but
+# another heavy process on the same cores still slows everything down.
 #
 # ## Moving to a GPU and a bigger model
 #
