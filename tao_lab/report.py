@@ -76,7 +76,7 @@ def entropy_steps_chart(metrics: pd.DataFrame) -> alt.Chart:
     long = metrics.melt(id_vars=["step"], value_vars=have, var_name="k", value_name="entropy").dropna()
     long["tokens"] = long["k"].map(cols)
     return alt.Chart(long, title="Mean token entropy (nats) at sampling time").mark_line(point=True).encode(
-        x=alt.X("step:Q"), y=alt.Y("entropy:Q", title="entropy (nats)"),
+        x=alt.X("step:Q", axis=alt.Axis(format="d", tickMinStep=1)), y=alt.Y("entropy:Q", title="entropy (nats)"),
         color=alt.Color("tokens:N", scale=alt.Scale(domain=list(cols.values()), range=["#d62728", "#7f7f7f"])),
         tooltip=["step:Q", "tokens:N", "entropy:Q"]).properties(width=420, height=180)
 
