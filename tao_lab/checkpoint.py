@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .models import file_sha256
+
 _NAME = re.compile(r"^step_(\d{6,})$")
 MARKER = "COMPLETE"
 MANIFEST = "MANIFEST.json"
@@ -199,19 +201,9 @@ def load_into(path: Path, *, model, optimizer=None, scheduler=None) -> None:
 # Verifying: a manifest written before COMPLETE, checked on load
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _manifest(folder: Path) -> dict:
     """{relative path: {size, sha256}} of every file in a checkpoint folder being written."""
-    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
@@ -233,7 +225,7 @@ def verify(path) -> str | None:
             return f"{f}: missing"
         if f.stat().st_size != want["size"]:
             return f"{f}: {f.stat().st_size} bytes, the manifest says {want['size']} (truncated or overwritten)"
-        if _sha256(f) != want["sha256"]:
+        if file_sha256(f) != want["sha256"]:
             return f"{f}: contents differ from the manifest (sha256 mismatch)"
     return None
 

