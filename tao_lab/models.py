@@ -160,6 +160,9 @@ class ModelConfig:
     double_quant: bool = True        # quantise the 4-bit quantisation constants too (QLoRA paper)
     gradient_checkpointing: bool = False  # trade compute for activation memory
     seed: int = 0                    # seeded right before the adapter is created
+    init_adapter: str = ""           # an SFT run folder (its newest checkpoint) or a checkpoint folder whose
+                                     # adapter starts a fresh run: E3-TIR's SFT-then-RL baseline. A resumed
+                                     # run loads its own checkpoint over it
 
     def __post_init__(self):
         import re
@@ -172,6 +175,8 @@ class ModelConfig:
         if not isinstance(self.device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise ValueError(f"ModelConfig.device={self.device!r}: choose 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
         checks.number(self, "lora_r", lo=1, integer=True)
+        if not isinstance(self.init_adapter, str) or (self.init_adapter and not self.lora):
+            raise ValueError(f"ModelConfig.init_adapter={self.init_adapter!r}: a folder path, and only with lora=True")
         checks.number(self, "lora_alpha", lo=0, lo_open=True)
         checks.number(self, "lora_dropout", lo=0, hi=1, hi_open=True)
         if not isinstance(self.target_modules, str) or not self.target_modules.strip(", "):
@@ -276,7 +281,20 @@ def finish_policy(model, cfg: ModelConfig):
         model.enable_input_require_grads()
     if cfg.lora:
         model = add_lora(model, cfg)
+    if cfg.init_adapter:
+        load_init_adapter(model, cfg.init_adapter)
     return model
+
+
+def load_init_adapter(model, where: str) -> None:
+    """Load the adapter of a run's newest checkpoint (or of a checkpoint folder) into `model`."""
+    from . import checkpoint as ckpt
+
+    path = ckpt.latest_path(where) or Path(where)
+    if not (path / "adapter" / "adapter_model.safetensors").exists():
+        raise FileNotFoundError(f"ModelConfig.init_adapter={where!r}: no complete checkpoint there "
+                                f"(give an SFT run folder or one of its checkpoints/step_N folders)")
+    ckpt.load_adapter(model, path)
 
 
 def tiny_model(vocab_size: int = 49152, layers: int = 2, hidden: int = 64, heads: int = 4,

@@ -58,7 +58,9 @@ from .records import RunStore, ToolCall, Trajectory
 from .toolcall import PROTOCOLS, find_tool_call, format_observation, has_boxed, is_valid_call
 
 SOURCES_HELP = ("'demos' | 'demos:fenced' | 'demos:tags' (bundled demonstrations), a .jsonl file of "
-                "tasks.Demo records, or RUN_DIR[:STEPS] (a run store; STEPS like 3, 2-5 or 1,4)")
+                "tasks.Demo records, 'experts:TASKS[:N]' (E3-TIR's generated expert trajectories for the "
+                "first N training tasks of a bundled arithmetic set, e.g. experts:arith-L3:200), or "
+                "RUN_DIR[:STEPS] (a run store; STEPS like 3, 2-5 or 1,4)")
 SELECTIONS = ("correct", "reward", "all")
 SCHEDULES = ("constant", "cosine")
 
@@ -312,6 +314,8 @@ def load_examples(cfg: SFTConfig, tokenizer) -> tuple[list[Trajectory], dict[str
         demos = load_demos(path, protocol=protocol)
         examples = [demo_to_trajectory(d, tokenizer, cfg.template, cfg.n_demos, cfg.eos) for d in demos]
         counts = {"read": len(demos), "rejected": 0}
+    elif src.startswith("experts:"):
+        examples, counts = expert_examples(src, cfg, tokenizer)
     else:
         run, _, spec = src.partition(":") if not Path(src).exists() else (src, "", "")
         if not (Path(run) / "steps").is_dir():
@@ -320,6 +324,28 @@ def load_examples(cfg: SFTConfig, tokenizer) -> tuple[list[Trajectory], dict[str
     for i, t in enumerate(examples):
         t.group_id, t.sample_idx = i, 0      # one example per row of the stored SFT set
     return _drop(examples, cfg, counts)
+
+
+def expert_examples(src: str, cfg: SFTConfig, tokenizer) -> tuple[list[Trajectory], dict[str, int]]:
+    """'experts:TASKS[:N]' -> the verified expert trajectories of the first N training tasks
+    (methods/e3tir_experts.py: the expert code is read back from the generated prompt and run in the
+    real sandbox). E3-TIR's SFT-then-RL baseline trains on these; the E3-TIR arm spends a budget of
+    the same kind of data (e3tir.expert_tasks), so both data costs are counted in one unit."""
+    from .methods.e3tir_experts import build_experts
+    from .tasks import load_tasks, render_prompt
+
+    _, name, n = (src.split(":") + [""])[:3]
+    if not name or (n and not n.isdigit()):
+        raise ValueError(f"SFTConfig.data={src!r}: write experts:TASKS or experts:TASKS:N (N a count)")
+    tasks = load_tasks(name, split="train", limit=int(n) if n else None)
+    made, built = build_experts(tasks, cfg.protocol)
+    examples = []
+    for t in tasks:
+        if (e := made.get(t.id)) is not None:
+            prompt = render_prompt(tokenizer, t, template=cfg.template, protocol=cfg.protocol, n_demos=cfg.n_demos)
+            examples.append(text_to_trajectory(prompt, e.text, tokenizer, protocol=cfg.protocol,
+                                               task_id=t.id, answer=t.answer, eos=cfg.eos))
+    return examples, {"read": len(tasks), "rejected": built["no_solution"] + built["wrong_output"]}
 
 
 def _drop(examples: list[Trajectory], cfg: SFTConfig, counts: dict[str, int]):
@@ -577,9 +603,7 @@ def load_sft_policy(run_dir, model_cfg: ModelConfig | None = None, seed: int = 0
     if saved["state"].get("kind") != "sft":
         raise ValueError(f"{run_dir} is not an SFT run")
     model_cfg = model_cfg or ModelConfig(**saved["config"]["model"])
-    model, tok = load_model(model_cfg, seed)
-    ckpt.load_adapter(model, path)
-    return model, tok
+    return load_model(replace(model_cfg, init_adapter=str(path)), seed)   # models.load_init_adapter
 
 
 def apply_overrides(cfg: SFTConfig, overrides: Sequence[str]) -> SFTConfig:

@@ -272,6 +272,18 @@ def test_source_resumes_from_its_json_state_and_counts_expert_data_once(pool, sm
         assert [[p and p.key() for p in r] for r in x.prefixes] == [[p and p.key() for p in r] for r in y.prefixes]
 
 
+def test_the_expert_budget_goes_to_the_first_drawn_tasks_or_a_random_subset(smol_tokenizer):
+    from tao_lab.hooks import seeded_order
+    tasks = load_tasks("arith-L1", split="train", limit=40)
+    drawn = E3TIRSource(tasks, smol_tokenizer, E3TIRConfig(expert_tasks=4), seed=5, group_size=4)
+    first = {tasks[i].id for i in seeded_order(len(tasks), 0, 4, 5)[0]}
+    assert drawn.allowed == first                      # the run's first 4 prompts are the budgeted ones
+    rand = E3TIRSource(tasks, smol_tokenizer, E3TIRConfig(expert_tasks=4, budget_order="random"), seed=5, group_size=4)
+    assert len(rand.allowed) == 4 and rand.allowed != first
+    with pytest.raises(ValueError, match="budget_order"):
+        E3TIRConfig(budget_order="first")
+
+
 def test_roi_and_config_checks_name_the_field():
     assert roi(6.0, 1800.0, 0.0, 0.01) == pytest.approx(12.0) and roi(6.0, 1800.0, 180000, 0.01) == pytest.approx(6.0)
     with pytest.raises(ValueError, match="roi"):

@@ -191,3 +191,31 @@ def test_the_cli_trains_and_resumes_an_sft_run(tmp_path):
     assert main(["sft", "--resume", out, "--steps", "3", "--quiet-bar"]) == 0
     assert list(S.RunStore(out).metrics()["step"]) == [1, 2, 3]
     assert main(["sft", "--preset", "test_tiny", "--set", "lr=-1", "--out", str(tmp_path / "bad")]) == 2
+
+
+def test_model_init_adapter_starts_a_train_run_from_the_sft_adapter_and_resume_keeps_its_own(tmp_path):
+    from tao_lab.trainer import Trainer
+    from train_helpers import alternating_reward, tiny_cfg
+    run = S.SFTRun(tiny_sft(tmp_path / "sft", steps=2))
+    run.train()
+    sft_w = {n: p.detach().clone() for n, p in run.model.named_parameters() if p.requires_grad}
+    cfg = tiny_cfg("run.steps=1", "model.lora_r=4", "model.lora_alpha=8", f"model.init_adapter={tmp_path / 'sft'}")
+    with Trainer(cfg, tmp_path / "rl", reward_fn=alternating_reward) as tr:
+        assert all(torch.equal(p, sft_w[n]) for n, p in tr.model.named_parameters() if p.requires_grad)
+        tr.train()
+        trained = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
+    with Trainer.resume(tmp_path / "rl", steps=1, reward_fn=alternating_reward) as again:
+        assert all(torch.equal(p, trained[n]) for n, p in again.model.named_parameters() if p.requires_grad)
+    with pytest.raises(FileNotFoundError, match="init_adapter"):
+        Trainer(tiny_cfg("model.init_adapter=" + str(tmp_path / "nowhere")), tmp_path / "x")
+
+
+def test_the_experts_source_builds_verified_expert_trajectories_in_the_real_sandbox(smol_tokenizer):
+    cfg = S.SFTConfig(data="experts:arith-L1:6", template="few_shot")
+    examples, counts = S.load_examples(cfg, smol_tokenizer)
+    assert counts["read"] == 6 and counts["examples"] == len(examples) >= 5
+    t = examples[0]
+    assert t.tool_calls and sum(t.mask) < len(t.mask)            # the observation is forced (mask 0)
+    assert "\\boxed{" + t.answer + "}" in smol_tokenizer.decode(t.token_ids)
+    with pytest.raises(ValueError, match="experts:TASKS"):
+        S.load_examples(S.SFTConfig(data="experts:arith-L1:x"), smol_tokenizer)

@@ -74,6 +74,9 @@ class E3TIRConfig:
     stop: float = 0.75               # self-exploration pass rate at which a prompt trains as plain RL [recon]
     ema: float = 0.5                 # weight of the newest pass rate in the EMA [recon]
     expert_tasks: int = 0            # data budget: tasks that may have an expert (0 = every task) [recon]
+    budget_order: str = "drawn"      # which tasks get the budget [recon]: "drawn" = the first ones the run
+                                     # draws (a short run spends its expert data where it trains) |
+                                     # "random" = a seeded random subset of the pool (runs before 2026-12-07)
     token_cost_s: float = 0.01       # ROI: seconds it costs to make one expert token [recon]
 
     def __post_init__(self):
@@ -90,6 +93,7 @@ class E3TIRConfig:
         checks.number(self, "stop", lo=0, lo_open=True, hi=1)
         checks.number(self, "ema", lo=0, lo_open=True, hi=1)
         checks.number(self, "expert_tasks", lo=0, integer=True)
+        checks.choice(self, "budget_order", ("drawn", "random"))
         checks.number(self, "token_cost_s", lo=0)
 
 
@@ -127,9 +131,12 @@ class E3TIRSource:
         self.protocol, self.obs_max_chars, self.max_new_tokens = protocol, obs_max_chars, max_new_tokens
         self.pool = pool                                             # a SandboxPool, or None: run_code
         self.demos = {d.prompt: e for d in demos if d.protocol == protocol and (e := expert_from_demo(d))}
-        order = np.random.default_rng([self.seed, 3]).permutation(len(self.tasks))
-        n = cfg.expert_tasks or len(self.tasks)
-        self.allowed = {self.tasks[i].id for i in order[:n]}        # the data budget
+        n = min(cfg.expert_tasks or len(self.tasks), len(self.tasks))
+        if cfg.budget_order == "drawn":                              # the prompts of the first n draws
+            order = seeded_order(len(self.tasks), 0, n, self.seed)[0]
+        else:
+            order = np.random.default_rng([self.seed, 3]).permutation(len(self.tasks))[:n]
+        self.allowed = {self.tasks[i].id for i in order}            # the data budget
         self.experts: dict[str, Expert | None] = {}                  # built lazily, deterministic
         self.build_counts = {"made": 0, "no_solution": 0, "wrong_output": 0}
         self.cursor, self.pass_rate, self.used = 0, {}, {}           # used: expert id -> its tokens
