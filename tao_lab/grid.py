@@ -12,6 +12,7 @@ overrides), the seeds, the steps and the held-out evaluation. The grid lays out
     OUT/ARM/seed_S/done.json      written last: the cell is complete
     OUT/ARM/seed_S/.lock          held (flock) by the process running the cell
     OUT/ARM/seed_S/log.txt        the cell's stdout/stderr when it runs in a worker process
+    OUT/base_evals/KEY/           the step-0 evaluation, made once and copied into every cell it fits
 
 Choices:
   - Resume: a cell with a complete checkpoint continues from the newest one (Trainer.resume, which
@@ -181,16 +182,49 @@ def _eval_done(run_dir: Path, step: int) -> bool:
     return (run_dir / "evals" / f"step_{step:06d}" / "metrics.jsonl").exists()
 
 
-def _evaluate(tr, spec: GridSpec, held_out, run_dir: Path) -> dict:
-    """Evaluate the trainer's current policy and store it as evals/step_N (a cut-short one is redone)."""
+def base_eval_key(spec: GridSpec, cfg) -> str:
+    """What a step-0 evaluation depends on: the evaluation, rollout and reward configs, the reward
+    function and the model without its seed (a fresh LoRA adapter has B = 0, so every seed's policy is
+    the base model; an init_adapter is part of the model config and so of the key)."""
+    import hashlib
+
+    from .trainer import TINY_MODEL
+
+    # the tiny random test model's weights come from the run seed: there the seed stays in the key
+    model = {k: v for k, v in asdict(cfg.model).items() if k != "seed"}
+    facts = {"eval": asdict(_eval_config(spec, cfg)), "rollout": asdict(cfg.rollout), "reward": asdict(cfg.reward),
+             "reward_fn": spec.reward_fn, "model": model,
+             "weights_seed": cfg.seed if cfg.model.name == TINY_MODEL else None}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _evaluate(tr, spec: GridSpec, held_out, run_dir: Path, out: Path | None = None) -> dict:
+    """Evaluate the trainer's current policy and store it as evals/step_N (a cut-short one is redone).
+
+    Step 0 is the same model for every cell with the same base_eval_key: it is evaluated once per
+    grid, kept in OUT/base_evals/KEY/, and copied into each such cell, so the paired "before" numbers
+    of two arms are one evaluation, not two samples that differ by thread timing [recon: saves one
+    evaluation per cell]."""
     from .evaluate import evaluate, save_eval
 
-    where = run_dir / "evals" / f"step_{tr.state.step:06d}"
+    label = f"step_{tr.state.step:06d}"
+    where = run_dir / "evals" / label
     if where.exists():
         shutil.rmtree(where)          # incomplete (no metrics line): never append a second line
+    cached = out / "base_evals" / base_eval_key(spec, tr.cfg) if out is not None and tr.state.step == 0 else None
+    if cached is not None and (cached / "metrics.jsonl").exists():
+        shutil.copytree(cached, where)
+        return json.loads((cached / "metrics.jsonl").read_text().splitlines()[0])
     ecfg = _eval_config(spec, tr.cfg)
     trajs, m = evaluate(tr.model, tr.tok, held_out, ecfg, tr.cfg.rollout, pool=tr.pool, reward=tr.cfg.reward)
-    save_eval(run_dir, f"step_{tr.state.step:06d}", trajs, m, config={"eval": asdict(ecfg)})
+    save_eval(run_dir, label, trajs, m, config={"eval": asdict(ecfg)})
+    if cached is not None:            # copy, then rename: a reader never sees half a cache entry
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        shutil.copytree(where, tmp, dirs_exist_ok=True)
+        try:
+            os.replace(tmp, cached)
+        except OSError:               # another cell stored the same key first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
     return m
 
 
@@ -228,7 +262,7 @@ def train_cell(spec: GridSpec, arm: Arm, seed: int, out: str | os.PathLike, prog
                 continue
             if tr.state.step < target:
                 tr.train(steps=target, progress=progress)
-            _evaluate(tr, spec, held_out, run_dir)
+            _evaluate(tr, spec, held_out, run_dir, Path(out))
     done = {"arm": arm.name, "method": arm.method, "seed": seed, "steps": tr.state.step,
             "resumed_from": resumed_from, "missed_evals": missed, "wall_s": time.perf_counter() - t0}
     from .records import atomic_write_bytes

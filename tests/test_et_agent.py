@@ -415,6 +415,17 @@ def test_the_pipeline_runs_its_phases_in_order_and_a_rerun_skips_the_finished_on
     assert "warning" in capsys.readouterr().err                           # other settings than the stored ones
 
 
+def test_the_pipeline_stops_after_the_phase_it_is_told(tmp_path, one_thread):
+    from tao_lab.methods.et_agent_flywheel import FlywheelConfig
+    from tao_lab.methods.et_agent_pipeline import run_pipeline
+
+    state = run_pipeline(tmp_path, "test_tiny", fcfg=FlywheelConfig(rounds=0, init_samples=1), questions=1,
+                         progress=False, until="flywheel")
+    assert state["done"] == ["flywheel"] and not (tmp_path / "sft").exists() and not (tmp_path / "rl").exists()
+    with pytest.raises(ValueError, match="until"):
+        run_pipeline(tmp_path, "test_tiny", until="phase2")
+
+
 def test_the_et_agent_grid_spec_builds_a_config_for_every_arm(tmp_path):
     from pathlib import Path
 

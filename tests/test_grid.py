@@ -91,6 +91,24 @@ def test_a_grid_killed_twice_resumes_to_the_uninterrupted_result_with_every_step
     assert final[("grpo", 0)] != final[("grpo_lr", 0)]
 
 
+def test_the_step_0_evaluation_is_made_once_per_base_model_and_copied_into_each_cell(tmp_path):
+    spec = replace(tiny_spec(), seeds=[0], steps=1)
+    assert grid.run_grid(spec, tmp_path, isolate=False, progress=False)["done"] == 2
+    cached = list((tmp_path / "base_evals").iterdir())
+    assert len(cached) == 1                                    # two arms, one base model: one evaluation
+    before = [RunStore(grid.cell_dir(tmp_path, a, 0) / "evals" / "step_000000").read_step_frame(0)["token_ids"]
+              for a in spec.arms]
+    assert [list(t) for t in before[0]] == [list(t) for t in before[1]]
+    assert grid.status(tmp_path)["state"].tolist() == ["done", "done"]
+    cfg0, cfg1 = (grid.make_cell_config(spec, Arm("grpo", "grpo"), s, tmp_path / "x") for s in (0, 1))
+    assert grid.base_eval_key(spec, cfg0) != grid.base_eval_key(spec, cfg1)     # tiny model: weights from the seed
+    real = replace(spec, preset="cpu_demo")
+    a, b = (grid.make_cell_config(real, Arm("grpo", "grpo"), s, tmp_path / "x") for s in (0, 1))
+    assert grid.base_eval_key(real, a) == grid.base_eval_key(real, b)          # real model: B = 0 adapter, one base
+    c = grid.make_cell_config(real, Arm("sft", "grpo", ["model.init_adapter=runs/sft"]), 0, tmp_path / "x")
+    assert grid.base_eval_key(real, c) != grid.base_eval_key(real, a)
+
+
 def test_a_cell_locked_by_another_process_is_skipped_and_counted(tmp_path):
     spec = GridSpec(preset="test_tiny", arms=[Arm("grpo", "grpo")], seeds=[0], steps=1, eval_n=1, eval_k=1)
     with grid.cell_lock(grid.cell_dir(tmp_path, "grpo", 0)) as got:

@@ -114,8 +114,12 @@ def phase_rl(cfg, out: Path, use_sft: bool, progress: bool) -> str:
 
 
 def run_pipeline(out, preset: str = "cpu_demo", overrides: Sequence[str] = (), fcfg=None, questions: int = 16,
-                 sft_overrides: Sequence[str] = (), progress: bool = True) -> dict:
-    """Every phase not yet done, in order; returns OUT/pipeline.json's content."""
+                 sft_overrides: Sequence[str] = (), progress: bool = True, until: str = "rl") -> dict:
+    """Every phase not yet done, in order, up to and including `until`; returns OUT/pipeline.json's
+    content. until="sft" stops after phase 1, so phase 2 can run elsewhere from OUT/sft (e.g. as a grid
+    arm with model.init_adapter=OUT/sft, evaluated like every other arm)."""
+    if until not in PHASES:
+        raise ValueError(f"until={until!r}: one of {PHASES}")
     from ..presets import make_config
     from .et_agent_flywheel import FlywheelConfig
 
@@ -130,7 +134,7 @@ def run_pipeline(out, preset: str = "cpu_demo", overrides: Sequence[str] = (), f
         print(f"et-agent: warning: {out} was started with {state['config']}; its finished phases are kept "
               "as they are (use a new --out to run with the new settings)", file=sys.stderr)
     fw = None
-    for phase in PHASES:
+    for phase in PHASES[:PHASES.index(until) + 1]:
         if phase in state["done"]:
             continue
         print(f"et-agent: phase {phase}", file=sys.stderr)
@@ -155,6 +159,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rounds", type=int, default=3, help="flywheel expansion rounds [code: 3]")
     p.add_argument("--init-samples", type=int, default=2, help="flywheel round-0 rollouts per question")
     p.add_argument("--sft-set", nargs="*", metavar="KEY=VALUE", help="SFTConfig overrides for phase 1, e.g. lr=5e-5")
+    p.add_argument("--until", default="rl", choices=PHASES, help="last phase to run (sft: stop after phase 1)")
     p.add_argument("--out", default="runs/et_agent")
     p.add_argument("--quiet-bar", action="store_true")
     p.set_defaults(fn=main)
@@ -166,7 +171,7 @@ def main(args) -> int:
     try:
         fcfg = FlywheelConfig(rounds=args.rounds, init_samples=args.init_samples)
         state = run_pipeline(args.out, args.preset, args.set or [], fcfg, args.questions, args.sft_set or [],
-                             progress=not args.quiet_bar)
+                             progress=not args.quiet_bar, until=args.until)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
