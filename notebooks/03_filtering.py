@@ -59,7 +59,7 @@ pd.set_option("display.max_colwidth", 80)
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]
 N_PER_SOURCE, G, MAX_NEW = (2, 4, 128) if SMOKE else (4, 8, 384)
 SEED = 1
-trajs, RUN_DIR = sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
+trajs, RUN_DIR = sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=True)  # bar + ETA, any size
 
 assert all(t.reward is not None for t in trajs), "every stored trajectory must be scored"
 
@@ -159,12 +159,33 @@ plots.funnel_chart(funnel)
 # and std are computed without them (and the group is re-checked: it may now be degenerate or too
 # small). The public code instead computes the group advantage *with* them and then zeroes their loss
 # mask: they shift their group-mates' advantages without being trained on themselves. The chart puts
-# the two side by side for the groups that carry signal.
+# the two side by side for the groups that carry signal, the groups where the two readings differ first.
+#
+# They differ only in a group with mixed rewards that holds such an episode. A small sample may have
+# none (a flagged episode in an all-wrong group is dropped by Filter B either way), and then the two
+# panels would be identical. The cell says so and shows a *what-if* instead: a copy of a real
+# flagged episode joins a real mixed group as one more member (its reward and tokens are its own;
+# only its place in that group is made up).
 
 # %%
-table = explore.advantage_table(trajs, {"drop (paper)": FCFG,
-                                        "mask (code)": FilterConfig(min_n=FCFG.min_n, filter_a_mode="mask")})
-shown = explore.signal_groups(table, max_groups=8)
+SETTINGS = {"drop (paper)": FCFG, "mask (code)": FilterConfig(min_n=FCFG.min_n, filter_a_mode="mask")}
+table = explore.advantage_table(trajs, SETTINGS)
+differ = explore.differing_groups(table)
+what_if = None if differ else explore.flagged_member_what_if(trajs)
+if differ:
+    print(f"drop and mask give different advantages in group(s) {differ} of this sample")
+elif what_if is None:
+    print("no mixed group holds an episode whose tool calls all failed, and there is no such episode to "
+          "move into one: drop and mask give the same advantages on this sample")
+else:
+    case, gid, src = what_if
+    print(f"no mixed group of this sample holds an episode whose tool calls all failed, so drop and mask "
+          f"coincide here.\nWhat-if: a copy of flagged episode {src} (reward {trajs[src].reward}) joins mixed "
+          f"group {gid} as member #{case[-1].sample_idx}")
+    table = explore.advantage_table(case, SETTINGS)
+    differ = explore.differing_groups(table)
+    assert gid in differ, "a flagged member in a mixed group must separate drop from mask"
+shown = explore.signal_groups(table, max_groups=8, first=differ)
 plots.advantage_compare_chart(shown) if len(shown) else "no mixed group in this run: nothing to compare"
 
 # %%

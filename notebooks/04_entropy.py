@@ -53,7 +53,7 @@ plots.use_offline_renderer()                      # charts as SVG: no network, n
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]
 N_PER_SOURCE, G, MAX_NEW = (2, 4, 128) if SMOKE else (4, 8, 384)
 SEED = 1
-trajs, RUN_DIR = sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=not SMOKE)
+trajs, RUN_DIR = sample_or_load(SOURCES, N_PER_SOURCE, G, MAX_NEW, seed=SEED, progress=True)  # bar + ETA, any size
 
 tok = load_tokenizer("smollm2-135m")   # only to turn token ids back into text
 assert all(t.reward is not None for t in trajs)
@@ -92,9 +92,9 @@ plots.entropy_trace_chart(explore.trace_frame(tokens, show), explore.tool_spans(
 
 # %% [markdown]
 # ## 4. All episodes at once
-# Rows are episodes sorted by reward, columns token positions (binned when there are many); grey
-# cells hold only tool output. What happens right of each grey block is the question of the next
-# section.
+# Rows are episodes sorted by reward, lowest first (the column on the left gives each row's reward),
+# columns token positions (binned when there are many); grey cells hold only tool output. What
+# happens right of each grey block is the question of the next section.
 
 # %%
 heat = explore.heatmap_frame(tokens)

@@ -94,8 +94,11 @@ def cmd_train(args) -> int:
         overrides.append(f"run.steps={args.steps}")
     if args.work:
         overrides.append(f"work={args.work}")
+    if args.tasks:
+        overrides.append(f"data.tasks={args.tasks}")
     try:
         cfg = make_config(args.preset, args.method, overrides)
+        _check_tasks(cfg.data)    # bad input fails here, before the model loads
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -111,6 +114,16 @@ def cmd_train(args) -> int:
         tr.train(progress=not args.quiet_bar)
     print(f"run store: {out}  (report: tao-lab report {out})")
     return 0
+
+
+def _check_tasks(data) -> None:
+    """Load the training and held-out task sets of a DataConfig once (a file read), so that a wrong
+    name fails in a second with one line instead of after the model has loaded."""
+    from .tasks import load_tasks
+
+    load_tasks(data.tasks, split=data.split, limit=data.limit)
+    if data.eval_tasks:
+        load_tasks(data.eval_tasks, split=data.eval_split)
 
 
 def cmd_resume(args) -> int:
@@ -142,7 +155,7 @@ def cmd_eval(args) -> int:
     else:
         model, tok = load_policy(args.model, lora=False)
         rollout, label, where = RolloutConfig(), args.label or "base", Path(args.out)
-    trajs, metrics = evaluate(model, tok, tasks, ecfg, rollout)
+    trajs, metrics = evaluate(model, tok, tasks, ecfg, rollout, progress=True)   # tqdm on stderr, with ETA
     path = save_eval(where, label, trajs, metrics, config={"eval": ecfg.__dict__, "model": args.run or args.model})
     print(_eval_line(label, metrics))
     print(f"saved: {path}")
@@ -168,10 +181,14 @@ def cmd_demo(args) -> int:
     from .trainer import Trainer
 
     t0 = time.perf_counter()
-    fetch_model()
     overrides = [f"run.out_dir={args.out}", f"run.steps={args.steps}", f"seed={args.seed}"] \
         + ([f"data.tasks={args.tasks}"] if args.tasks else []) + list(args.set or [])
-    cfg = make_config("cpu_demo", "tao", overrides)
+    try:   # bad input fails here, before the folder is cleared and the model loads
+        cfg = make_config("cpu_demo", "tao", overrides)
+        _check_tasks(cfg.data)
+    except ValueError as e:
+        return _error(e)
+    fetch_model()
     out = Path(cfg.run.out_dir)
     if out.exists():
         import shutil
@@ -187,7 +204,8 @@ def cmd_demo(args) -> int:
         for label in ("before", "after"):
             if label == "after":
                 tr.train()
-            trajs, m = evaluate(tr.model, tr.tok, held_out, ecfg, cfg.rollout, pool=tr.pool, reward=cfg.reward)
+            trajs, m = evaluate(tr.model, tr.tok, held_out, ecfg, cfg.rollout, pool=tr.pool, reward=cfg.reward,
+                                progress=True)
             save_eval(out, f"step_{tr.state.step:06d}", trajs, m, config={"eval": ecfg.__dict__})
             lines.append(_eval_line(label, m))
             print(lines[-1], flush=True)
@@ -274,80 +292,100 @@ def cmd_export_verl(args) -> int:
         return _error(e)
 
 
+class _HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` shows each option's default, except where there is nothing to show (a flag that is
+    off, a None that means "not given") or the help text already says it in words."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _tasks_help() -> str:
+    from .tasks import bundled_names
+    return f"task set: a bundled one ({', '.join(bundled_names())}), a JSONL file, or hf:NAME[:CONFIG[:SPLIT]]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .filters import WORK_MODES
-    p = argparse.ArgumentParser(prog="tao-lab", description=__doc__)
+    p = argparse.ArgumentParser(prog="tao-lab", description=__doc__, formatter_class=_HelpWithDefaults)
     sub = p.add_subparsers(dest="cmd", required=True)
     _add_run_commands(sub, WORK_MODES)
     _add_experiment_commands(sub, WORK_MODES)
+    for command in sub.choices.values():       # every subcommand's --help shows the defaults
+        command.formatter_class = _HelpWithDefaults
     return p
 
 
 def _add_run_commands(sub, work_modes) -> None:
     """One run: fetch-model, rollout, train, resume, eval, report, demo."""
+    from .tasks import DEFAULT_TASKS
     f = sub.add_parser("fetch-model", help="fetch and cache the embedded default model; print its folder")
     f.add_argument("--force", action="store_true", help="fetch again even if cached")
     f.set_defaults(fn=cmd_fetch_model)
 
     r = sub.add_parser("rollout", help="roll out a task set with the tool and save a run store")
-    r.add_argument("--model", default="smollm2-135m")
-    r.add_argument("--tasks", default="arith-L2")
-    r.add_argument("--split", default="test")
+    r.add_argument("--model", default="smollm2-135m", help="model name or folder")
+    r.add_argument("--tasks", default=DEFAULT_TASKS, help=_tasks_help())
+    r.add_argument("--split", default="test", help="train | test (bundled sets)")
     r.add_argument("--n", type=int, default=8, help="number of tasks")
     r.add_argument("--group", type=int, default=4, help="episodes per task (G)")
-    r.add_argument("--max-new-tokens", type=int, default=256)
-    r.add_argument("--template", default="few_shot", choices=["zero_shot", "few_shot"])
-    r.add_argument("--protocol", default="fenced", choices=["fenced", "tags"])
-    r.add_argument("--temperature", type=float, default=1.0)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--out", default="runs/rollout")
+    r.add_argument("--max-new-tokens", type=int, default=256, help="completion budget per episode")
+    r.add_argument("--template", default="few_shot", choices=["zero_shot", "few_shot"], help="prompt template")
+    r.add_argument("--protocol", default="fenced", choices=["fenced", "tags"], help="how a tool call is written")
+    r.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    r.add_argument("--seed", type=int, default=0, help="sampling seed")
+    r.add_argument("--out", default="runs/rollout", help="run store folder")
     r.set_defaults(fn=cmd_rollout)
 
     t = sub.add_parser("train", help="train with a preset and method; --set section.field=value overrides")
-    t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny")
+    t.add_argument("--preset", default="cpu_demo", help="cpu_demo | gpu_qlora | test_tiny (presets.py)")
     t.add_argument("--method", default="tao",
                    help="grpo | simpletir | tao | tao_code | dapo | e3tir | et_agent | toolexpander "
                         "(methods/arms.py)")
     t.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="e.g. shaping.coef=0.05 rollout.group_size=4")
-    t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N")
-    t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR")
+    t.add_argument("--steps", type=int, default=None, help="shortcut for --set run.steps=N (default: the preset's)")
+    t.add_argument("--out", default=None, help="shortcut for --set run.out_dir=DIR (default: runs/PRESET)")
+    t.add_argument("--tasks", default=None, help=f"shortcut for --set data.tasks=...; {_tasks_help()} "
+                   f"(default: the preset's: {DEFAULT_TASKS} for cpu_demo)")
     t.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
     t.add_argument("--work", default=None, choices=work_modes,
                    help="equal_groups (default: B groups per update for every arm) | equal_rollouts")
     t.set_defaults(fn=cmd_train)
 
     rs = sub.add_parser("resume", help="continue a run from its newest complete checkpoint")
-    rs.add_argument("run_dir")
+    rs.add_argument("run_dir", help="a training run folder")
     rs.add_argument("--steps", type=int, default=None, help="new total number of steps (default: the run's)")
-    rs.add_argument("--quiet-bar", action="store_true")
+    rs.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
     rs.set_defaults(fn=cmd_resume)
 
     e = sub.add_parser("eval", help="Avg@k / Pass@k and tool telemetry on held-out tasks, saved as a run")
     e.add_argument("--run", default=None, help="a training run folder: evaluate its newest checkpoint")
     e.add_argument("--model", default="smollm2-135m", help="without --run: a model to evaluate as it is")
-    e.add_argument("--tasks", default="arith-L2")
-    e.add_argument("--split", default="test")
+    e.add_argument("--tasks", default=DEFAULT_TASKS, help=_tasks_help())
+    e.add_argument("--split", default="test", help="train | test (bundled sets)")
     e.add_argument("--n", type=int, default=16, help="number of tasks")
     e.add_argument("--k", type=int, default=4, help="samples per task")
-    e.add_argument("--max-new-tokens", type=int, default=256)
-    e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--max-new-tokens", type=int, default=256, help="completion budget per episode")
+    e.add_argument("--seed", type=int, default=1234, help="sampling seed (keep it for before/after pairs)")
     e.add_argument("--label", default=None, help="name of the saved evaluation (default: step_NNNNNN / base)")
     e.add_argument("--out", default="runs/eval", help="without --run: where to save")
     e.set_defaults(fn=cmd_eval)
 
     rp = sub.add_parser("report", help="write one self-contained HTML page for a run")
-    rp.add_argument("run_dir")
+    rp.add_argument("run_dir", help="a training run folder")
     rp.add_argument("--out", default=None, help="HTML file (default RUN_DIR/report.html)")
     rp.set_defaults(fn=cmd_report)
 
     d = sub.add_parser("demo", help="short TAO-RL run on the embedded model with eval before/after + report")
-    d.add_argument("--tasks", default=None, help="task set (default: cpu_demo's, arith-L3)")
-    d.add_argument("--steps", type=int, default=6)
+    d.add_argument("--tasks", default=DEFAULT_TASKS, help=_tasks_help())
+    d.add_argument("--steps", type=int, default=6, help="training steps")
     d.add_argument("--eval-n", type=int, default=8, help="held-out tasks evaluated before and after")
     d.add_argument("--eval-k", type=int, default=4, help="samples per held-out task")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0, help="run seed")
     d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
-    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--out", default="runs/demo", help="run folder (cleared first: the demo starts fresh)")
     d.set_defaults(fn=cmd_demo)
 
 
@@ -379,9 +417,9 @@ def _add_experiment_commands(sub, work_modes) -> None:
     sf.add_argument("--preset", default="cpu_demo", help="the model of this train preset (cpu_demo | gpu_qlora | test_tiny)")
     sf.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="SFTConfig fields, e.g. lr=1e-4 model.lora_r=8")
     sf.add_argument("--steps", type=int, default=None, help="shortcut for --set steps=N")
-    sf.add_argument("--out", default="runs/sft")
+    sf.add_argument("--out", default="runs/sft", help="run folder")
     sf.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an SFT run from its newest checkpoint")
-    sf.add_argument("--quiet-bar", action="store_true")
+    sf.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
     sf.set_defaults(fn=cmd_sft)
 
     from .methods.et_agent_pipeline import add_arguments as et_agent_arguments

@@ -28,6 +28,7 @@ from .behaviour import behaviour_metrics
 from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
+from .tasks import DEFAULT_TASKS
 from .telemetry import telemetry
 from .trainer import config_from_dict, load_model, rollout_stage
 
@@ -36,7 +37,7 @@ from .trainer import config_from_dict, load_model, rollout_stage
 class EvalConfig:
     """A held-out evaluation: k samples per task."""
 
-    tasks: str = "arith-L2"          # tasks.load_tasks source
+    tasks: str = DEFAULT_TASKS       # tasks.load_tasks source
     split: str | None = "test"       # held-out split
     limit: int | None = 16           # number of tasks (None = all)
     k: int = 4                       # samples per task (Avg@k, Pass@1..k)
@@ -57,12 +58,14 @@ class EvalConfig:
 
 
 def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfig, pool=None,
-             reward: RewardConfig | None = None, merge: bool = True) -> tuple[list[Trajectory], dict[str, float]]:
-    """Roll out k samples per task, score them; Avg@k, Pass@k (unbiased) and tool telemetry."""
+             reward: RewardConfig | None = None, merge: bool = True,
+             progress: bool = False) -> tuple[list[Trajectory], dict[str, float]]:
+    """Roll out k samples per task, score them; Avg@k, Pass@k (unbiased) and tool telemetry.
+    `progress`: a tqdm bar (with ETA) over the k x tasks episodes."""
     rcfg = replace(rollout, group_size=cfg.k, temperature=cfg.temperature, max_turns=cfg.max_turns,
                    max_new_tokens=cfg.max_new_tokens)
     t0 = time.perf_counter()
-    trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge)
+    trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge, progress=progress)
     bfcl_tasks = bool(tasks) and all((t.meta or {}).get("format") == "bfcl" for t in tasks)
     if bfcl_tasks:                             # function calling: BFCL's AST verdict (tao_lab/bfcl.py)
         from .bfcl import category_accuracy, make_reward_fn

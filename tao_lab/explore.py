@@ -371,10 +371,47 @@ def advantage_frame(ex: Explored, setting: str = "current") -> pd.DataFrame:
          "weight", "advantage", "role"]]
 
 
-def signal_groups(table: pd.DataFrame, max_groups: int = 8) -> pd.DataFrame:
-    """Rows of the first `max_groups` groups with mixed rewards (the only ones whose A is not 0)."""
-    keep = table.loc[table["group_status"] == "mixed", "group_id"].drop_duplicates().head(max_groups)
+def signal_groups(table: pd.DataFrame, max_groups: int = 8, first: list[int] | None = None) -> pd.DataFrame:
+    """Rows of the first `max_groups` groups with mixed rewards (the only ones whose A is not 0);
+    the groups in `first` (e.g. `differing_groups(table)`) come before the others."""
+    mixed = table.loc[table["group_status"] == "mixed", "group_id"].drop_duplicates().tolist()
+    keep = ([g for g in (first or []) if g in mixed] + [g for g in mixed if g not in (first or [])])[:max_groups]
     return table[table["group_id"].isin(keep)]
+
+
+def differing_groups(table: pd.DataFrame) -> list[int]:
+    """Groups whose advantage or loss weight differs between the settings of an advantage_table.
+
+    Filter A drop and mask differ only in a mixed group that holds an episode whose tool calls all
+    failed; in a small sample there may be none, and then the two panels are identical."""
+    by = table.assign(advantage=table["advantage"].round(6).fillna(np.inf), weight=table["weight"].round(6))
+    wide = by.pivot_table(index=["group_id", "traj"], columns="setting", values=["advantage", "weight"],
+                          aggfunc="first")
+    differs = wide.groupby(level="group_id").apply(
+        lambda g: any(g[col].nunique(axis=1).gt(1).any() for col in ("advantage", "weight")))
+    return [int(gid) for gid, d in differs.items() if d]
+
+
+def flagged_member_what_if(trajs: list[Trajectory]) -> tuple[list[Trajectory], int, int] | None:
+    """A what-if for Filter A when no mixed group holds a flagged episode: a copy of a real episode
+    whose tool calls all failed joins the first real mixed group as one more member.
+
+    Returns (trajectories with the copy appended, the group it joined, the copied episode's index),
+    or None when the sample has no flagged episode or no mixed group. The copy keeps its own reward
+    (scored against its own task): only its place in the group is made up, and callers say so.
+    """
+    from dataclasses import replace
+
+    flagged = [i for i, t in enumerate(trajs) if all_tools_failed(t)]
+    groups: dict[int, list[float]] = {}
+    for t in trajs:
+        groups.setdefault(t.group_id, []).append(float(t.reward or 0.0))
+    mixed = [g for g, r in groups.items() if not is_degenerate(r)]
+    if not flagged or not mixed:
+        return None
+    src, gid = flagged[0], mixed[0]
+    member = max(t.sample_idx for t in trajs if t.group_id == gid) + 1
+    return list(trajs) + [replace(trajs[src], group_id=gid, sample_idx=member, parent=None, branch_pos=None)], gid, src
 
 
 def advantage_table(trajs: list[Trajectory], settings: dict[str, FilterConfig],

@@ -217,28 +217,51 @@ def advantage_trace_chart(trace: pd.DataFrame, title: str | None = None) -> alt.
     return alt.layer(shaped, plain, dots, data=trace).properties(width=560, height=140, title=title)
 
 
-def entropy_heatmap(heat: pd.DataFrame, title: str | None = None) -> alt.LayerChart:
+def entropy_heatmap(heat: pd.DataFrame, title: str | None = None) -> alt.HConcatChart:
     """How does entropy vary across many episodes and along them (trajectory × position bins)?
 
-    Rows are ordered by reward; grey cells hold only tool output.
+    Rows are ordered by reward (lowest at the top), and the column left of the heatmap shows each
+    row's reward as a colour and, up to 40 rows, as a number, so that the order can be read off the
+    chart (tooltips are lost in the offline SVG renderer); grey cells hold only tool output.
     """
     _check(heat, "entropy_heatmap", ["traj", "rank", "pos_start", "pos_end", "entropy", "reward"],
            "explore.heatmap_frame(tokens)")
     width = int(heat["width"].iloc[0]) if "width" in heat and len(heat) else 1
     total = int(heat["n_trajs_total"].iloc[0]) if "n_trajs_total" in heat and len(heat) else heat["traj"].nunique()
+    n_rows = heat["traj"].nunique()
     title = title or (f"Entropy per token bin ({width} token{'s' if width > 1 else ''} a cell; "
-                      f"{heat['traj'].nunique()} of {total} trajectories, sorted by reward)")
-    y = alt.Y("traj:O", sort=alt.EncodingSortField("rank", op="min"), title="trajectory",
-              axis=alt.Axis(labels=heat["traj"].nunique() <= 40, labelFontSize=9))
-    x = alt.X("pos_start:Q", title="token position")
+                      f"{n_rows} of {total} trajectories, sorted by reward)")
+    height = max(120, min(12 * n_rows, 480))
+    sort = alt.EncodingSortField("rank", op="min")
+    # the reward column carries the row labels; the heatmap beside it shares its y scale
+    y_label = alt.Y("traj:O", sort=sort, title="trajectory (sorted by reward)",
+                    axis=alt.Axis(labels=n_rows <= 40, labelFontSize=9))
+    y = alt.Y("traj:O", sort=sort, axis=None)
+    x = alt.X("pos_start:Q", title="token position in the completion")
+    rows = heat.groupby("traj", as_index=False).agg(rank=("rank", "min"), reward=("reward", "first"))
+    rows["column"] = "reward"
+    head = alt.X("column:N", title=None, axis=alt.Axis(orient="top", labelAngle=0, ticks=False, domain=False))
+    lo, hi = float(rows["reward"].min()), float(rows["reward"].max())
+    strip = alt.Chart().mark_rect().encode(
+        x=head, y=y_label, tooltip=["traj:O", "reward:Q"],
+        color=alt.Color("reward:Q", title="reward", scale=alt.Scale(domain=[lo, hi if hi > lo else lo + 1],
+                                                                     range=["#f7f7f7", "#2ca02c"]),
+                        # the numbers are printed in the cells up to 40 rows; beyond, a legend on the left
+                        legend=None if n_rows <= 40 else alt.Legend(orient="left")))
+    layers = [strip]
+    if n_rows <= 40:
+        layers.append(alt.Chart().mark_text(fontSize=9).encode(x=head, y=y_label,
+                                                               text=alt.Text("reward:Q", format=".2f")))
+    reward_column = alt.layer(*layers, data=rows).properties(width=40, height=height)
     forced = alt.Chart().transform_filter("!isValid(datum.entropy)").mark_rect(color="#d9d9d9").encode(
         x=x, x2="pos_end:Q", y=y)
     cells = alt.Chart().transform_filter("isValid(datum.entropy)").mark_rect().encode(
         x=x, x2="pos_end:Q", y=y, color=alt.Color("entropy:Q", scale=alt.Scale(scheme="inferno", reverse=True),
-                                                    title="entropy"),
+                                                    title="entropy (nats)"),
         tooltip=["traj:O", "pos_start:Q", "entropy:Q", "frac_forced:Q", "reward:Q"])
-    return alt.layer(forced, cells, data=heat).properties(
-        width=640, height=max(120, min(12 * heat["traj"].nunique(), 480)), title=title)
+    grid = alt.layer(forced, cells, data=heat).properties(width=640, height=height)
+    return alt.hconcat(reward_column, grid, spacing=4).resolve_scale(y="shared", color="independent").properties(
+        title=title)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from .filters import FilterConfig
 from .methods.arms import ARMS as METHODS
 from .models import ModelConfig
 from .rollout import RolloutConfig
+from .tasks import DEFAULT_TASKS
 from .optim import OptimConfig
 from .trainer import SECTIONS, TINY_MODEL, DataConfig, RunConfig, TrainConfig, UpdateConfig
 
@@ -43,7 +44,7 @@ from .trainer import SECTIONS, TINY_MODEL, DataConfig, RunConfig, TrainConfig, U
 def cpu_demo() -> TrainConfig:
     return TrainConfig(
         model=ModelConfig(name="smollm2-135m", dtype="float32", lora=True, lora_r=16, lora_alpha=32),
-        data=DataConfig(tasks="arith-L3", split="train", eval_split="test", prompts_per_step=2, oversample=2.0),
+        data=DataConfig(tasks=DEFAULT_TASKS, split="train", eval_split="test", prompts_per_step=2, oversample=2.0),
         rollout=RolloutConfig(group_size=4, max_new_tokens=192, max_turns=3, temperature=1.0,
                               template="few_shot", n_demos=2),
         filter=FilterConfig(min_n=2),            # G=4: one overlong member must not drop its group

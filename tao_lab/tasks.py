@@ -63,6 +63,12 @@ LEVELS = (1, 2, 3, 4)
 SPLITS = ("train", "test")
 PROTOCOLS = ("fenced", "tags")
 TEMPLATES = ("zero_shot", "few_shot")
+# THE default task set of every command and config (rollout, eval, train's cpu_demo preset, demo,
+# DataConfig, EvalConfig), defined once so that `tao-lab eval` measures what `tao-lab train` trained
+# on. arith-L3: hard enough that the 135M model is neither always right nor always wrong (mixed
+# groups carry the GRPO signal), easy enough that the tool helps. gpu_qlora (a 1.5B model) and
+# test_tiny (a random model) choose their own.
+DEFAULT_TASKS = "arith-L3"
 
 # ----------------------------------------------------------------------------------------------
 # Records

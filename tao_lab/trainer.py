@@ -82,6 +82,7 @@ from .records import RunStore, Trajectory
 from .rewards import RewardConfig, mark_correct, score
 from .rollout import RolloutConfig, RolloutStats, generate
 from .runinfo import StageTimer, git_revision, memory_metrics, versions
+from .tasks import DEFAULT_TASKS
 from .telemetry import telemetry, trajectory_columns
 from .update import UpdateConfig, compute_advantages, update_policy
 
@@ -95,7 +96,7 @@ TINY_MODEL = "tiny-random"  # ModelConfig.name that builds a tiny random Llama i
 class DataConfig:
     """Which tasks feed training and evaluation, and how many per step."""
 
-    tasks: str = "arith-L2"          # tasks.load_tasks source: bundled name, JSONL path or hf:...
+    tasks: str = DEFAULT_TASKS       # tasks.load_tasks source: bundled name, JSONL path or hf:...
     split: str | None = "train"      # training split (None for a JSONL file)
     eval_tasks: str | None = None    # held-out source; None = same as `tasks`
     eval_split: str | None = "test"  # held-out split
@@ -241,16 +242,17 @@ def merged_adapter(model, enabled: bool = True):
 
 def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: int,
                   group_offset: int = 0, merge: bool = False,
-                  batch: PromptBatch | None = None) -> tuple[list[Trajectory], RolloutStats]:
+                  batch: PromptBatch | None = None, progress: bool = False) -> tuple[list[Trajectory], RolloutStats]:
     """generate() in eval mode with this step's seed (`merge`: from merged LoRA weights); the model
     is left in eval mode. `batch` (a prompt source's PromptBatch) supplies the rendered prompts,
-    forced prefixes, branch policy and row budget; `tasks` is then batch.tasks."""
+    forced prefixes, branch policy and row budget; `tasks` is then batch.tasks. `progress`: a tqdm
+    bar over the episodes (stderr in a terminal, a widget in a notebook)."""
     model.eval()
     extra = {} if batch is None else {"prompts": batch.prompts, "prefixes": batch.prefixes,
                                       "branch_policy": batch.branch_policy, "max_rows": batch.max_rows}
     with torch.no_grad(), merged_adapter(model, merge):
         return generate(model, tok, tasks if batch is None else batch.tasks, replace(cfg, seed=seed),
-                        pool=pool, group_offset=group_offset, **extra)
+                        pool=pool, group_offset=group_offset, progress=progress, **extra)
 
 
 def load_model(cfg: ModelConfig, seed: int):

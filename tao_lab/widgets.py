@@ -80,6 +80,35 @@ def shaping_controls(cfg: ShapingConfig | None = None) -> dict[str, W.Widget]:
     }
 
 
+# Which shaping fields each kind reads (advantages.SHAPERS): "tao" is A(1 + a g z) with the z scope
+# and detach; "additive" is A + g min(α H, |A|/κ) (entropy always detached, no z); "none" reads none.
+SHAPING_FIELDS_USED = {"none": set(), "tao": {"coef", "gate", "z_scope", "detach"},
+                       "additive": {"gate", "alpha", "kappa"}}
+
+
+def sync_disabled(controls: dict[str, W.Widget]) -> None:
+    """Disable each control the chosen variant ignores, so that no control looks live but does nothing.
+
+    Shaping: the fields the kind does not read (SHAPING_FIELDS_USED). Filters: Filter A's mode when
+    `filter_a` is not among the rules, its strength unless it runs in mask mode (drop removes the
+    episode whatever the strength), and min_n when `overlong` is not among the rules.
+    """
+    if "kind" in controls:
+        used = SHAPING_FIELDS_USED[controls["kind"].value]
+        for name in ("coef", "gate", "z_scope", "detach", "alpha", "kappa"):
+            if name in controls:
+                controls[name].disabled = name not in used
+    if "rules" in controls:
+        rules = controls["rules"].value
+        if "filter_a_mode" in controls:
+            controls["filter_a_mode"].disabled = "filter_a" not in rules
+        if "filter_a_strength" in controls:
+            mask = controls["filter_a_mode"].value == "mask" if "filter_a_mode" in controls else True
+            controls["filter_a_strength"].disabled = "filter_a" not in rules or not mask
+        if "min_n" in controls:
+            controls["min_n"].disabled = "overlong" not in rules
+
+
 def configs_from_controls(controls: dict[str, W.Widget], filter_cfg: FilterConfig,
                           shaping_cfg: ShapingConfig) -> tuple[FilterConfig, ShapingConfig]:
     """Copies of the two configs with every field that has a control set to the control's value.
@@ -187,9 +216,11 @@ class Panel:
         self.error = ""
         for w in self.controls.values():
             w.observe(self._on_change, names="value")
+        sync_disabled(self.controls)
         self.refresh()
 
     def _on_change(self, change) -> None:
+        sync_disabled(self.controls)
         self.refresh()
 
     def configs(self) -> tuple[FilterConfig, ShapingConfig]:

@@ -164,6 +164,30 @@ def test_advantage_table_stacks_one_block_per_setting(trajs):
     assert set(tab.loc[tab["setting"] == "mask", "role"]) >= {"trains", "baseline only (weight 0)"}
 
 
+DROP_VS_MASK = {"drop": FilterConfig(min_n=2), "mask": FilterConfig(min_n=2, filter_a_mode="mask")}
+
+
+def test_drop_and_mask_differ_exactly_in_the_mixed_groups_holding_a_flagged_episode(trajs):
+    table = explore.advantage_table(trajs, DROP_VS_MASK)
+    assert explore.differing_groups(table) == [0, 4]          # fixture: members (0, 3) and (4, 0)
+    shown = explore.signal_groups(table, max_groups=2, first=[4])
+    assert shown["group_id"].drop_duplicates().tolist() == [0, 4] and 3 not in set(shown["group_id"])
+
+
+def test_a_sample_where_drop_and_mask_coincide_gets_a_what_if_where_they_differ(trajs):
+    # issue 17: notebook 03 §4 showed two identical panels at smoke size: the only flagged episode
+    # sat in an all-wrong group, which Filter B drops in both readings
+    from dataclasses import replace
+    flagged = replace(trajs[3], group_id=2, sample_idx=4, reward=0.0)      # (0, 3) moved to all-wrong group 2
+    sample = [t for t in trajs if t.group_id in (1, 2, 3)] + [flagged]
+    assert explore.differing_groups(explore.advantage_table(sample, DROP_VS_MASK)) == []
+    case, gid, src = explore.flagged_member_what_if(sample)
+    assert gid == 3 and src == len(sample) - 1 and len(case) == len(sample) + 1
+    assert case[-1].group_id == 3 and case[-1].sample_idx == 4 and case[-1].reward == flagged.reward
+    assert explore.differing_groups(explore.advantage_table(case, DROP_VS_MASK)) == [3]
+    assert explore.flagged_member_what_if([t for t in trajs if t.group_id in (1, 3)]) is None   # nothing flagged
+
+
 def test_metrics_long_melts_numeric_columns_and_rejects_a_missing_step_column():
     m = pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5], "label": ["a", "b"]})
     assert explore.metrics_long(m)["metric"].unique().tolist() == ["loss"]

@@ -7,6 +7,8 @@ folder, 04 reuses it, as a reader going through the notebooks in order would.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from notebook_runner import NOTEBOOKS, execute_notebook, html_outputs
@@ -55,7 +57,13 @@ def shared_store(tmp_path_factory):
 
 @pytest.mark.smoke
 def test_notebook_03_filtering_runs_headless(monkeypatch, shared_store):
-    execute_notebook("03_filtering", monkeypatch, {"TAO_LAB_RUN_DIR": shared_store})
+    nb = execute_notebook("03_filtering", monkeypatch, {"TAO_LAB_RUN_DIR": shared_store})
+    rollout = next(c for c in nb.cells if "sample_or_load(SOURCES" in c.source)
+    shown = " ".join(o.get("text", "") + o.get("data", {}).get("text/plain", "") for o in rollout.outputs)
+    assert re.search(r"episodes:\s*\d+%\|", shown), f"no progress bar in the rollout cell at smoke size: {shown!r}"
+    compare = next(c for c in nb.cells if "explore.differing_groups(table)" in c.source)
+    said = "".join(o.get("text", "") for o in compare.outputs)
+    assert "drop and mask give different advantages" in said or "What-if" in said, said
 
 
 @pytest.mark.smoke

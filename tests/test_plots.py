@@ -134,10 +134,25 @@ def test_entropy_heatmap_orders_rows_by_rank_and_greys_cells_with_only_tool_outp
                          "reward": [1.0, 1.0, 0.0], "width": 4, "n_trajs_total": 9})
     chart = plots.entropy_heatmap(heat)
     spec = chart.to_dict()
-    grey, cells = layers(spec)
+    _, _, grey, cells = layers(spec)
     assert grey["transform"] == [{"filter": "!isValid(datum.entropy)"}] and grey["mark"]["color"] == "#d9d9d9"
     assert cells["encoding"]["y"]["sort"] == {"field": "rank", "op": "min"}
     assert "2 of 9 trajectories" in spec["title"] and "4 tokens a cell" in spec["title"]
+
+
+def test_entropy_heatmap_shows_each_rows_reward_beside_it_in_the_same_row_order():
+    # issue 17: the title said "sorted by reward" but no reward was visible (tooltips are lost in SVG)
+    heat = pd.DataFrame({"traj": [7, 7, 3], "rank": [1, 1, 0], "pos_start": [0, 4, 0], "pos_end": [4, 8, 4],
+                         "entropy": [1.0, None, 2.0], "frac_forced": 0.0, "frac_post_tool": 0.0,
+                         "reward": [0.75, 0.75, 0.25], "width": 4, "n_trajs_total": 2})
+    spec = plots.entropy_heatmap(heat).to_dict()
+    strip, numbers, _, cells = layers(spec)
+    assert strip["encoding"]["color"]["field"] == "reward" and numbers["encoding"]["text"]["field"] == "reward"
+    assert strip["encoding"]["y"]["sort"] == cells["encoding"]["y"]["sort"] and spec["resolve"]["scale"]["y"] == "shared"
+    assert "reward" in strip["encoding"]["y"]["title"] and cells["encoding"]["x"]["title"].startswith("token position")
+    import vl_convert as vlc
+    svg = vlc.vegalite_to_svg(spec)            # what the notebook shows: the numbers are in the picture
+    assert ">0.75<" in svg and ">0.25<" in svg and ">reward<" in svg
 
 
 def test_learning_curves_draw_one_panel_per_metric_with_independent_y_scales():

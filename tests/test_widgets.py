@@ -127,3 +127,30 @@ def test_unknown_chart_name_is_rejected_with_the_known_names(stored):
 def test_filter_only_panel_summary_leaves_out_the_shaping_numbers(stored):
     p = widgets.Panel(stored, sections=("filters",), charts=("funnel",))
     assert "advantage rows" in p.summary.value and "gated" not in p.summary.value
+
+
+def _disabled(panel) -> set[str]:
+    return {name for name, w in panel.controls.items() if getattr(w, "disabled", False)}
+
+
+def test_controls_the_chosen_shaping_kind_ignores_are_disabled_and_come_back(panel):
+    # tao (default): a, gate, z scope, detach act; the additive α and κ do not
+    assert _disabled(panel) & {"coef", "gate", "z_scope", "detach", "alpha", "kappa"} == {"alpha", "kappa"}
+    panel.controls["kind"].value = "none"           # no shaping: every shaping control does nothing
+    assert {"coef", "gate", "z_scope", "detach", "alpha", "kappa"} <= _disabled(panel)
+    assert not panel.controls["kind"].disabled
+    panel.controls["kind"].value = "additive"       # A + g·min(αH, |A|/κ): no a, no z, always detached
+    assert _disabled(panel) & {"coef", "gate", "z_scope", "detach", "alpha", "kappa"} == {"coef", "z_scope", "detach"}
+    panel.controls["kind"].value = "tao"
+    assert not panel.controls["coef"].disabled and panel.controls["alpha"].disabled
+
+
+def test_filter_controls_of_a_rule_that_is_off_or_a_mode_that_ignores_them_are_disabled(panel):
+    assert panel.controls["filter_a_strength"].disabled     # drop mode: the strength does nothing
+    panel.controls["filter_a_mode"].value = "mask"
+    assert not panel.controls["filter_a_strength"].disabled
+    panel.controls["rules"].value = ["overlong", "void_turn", "filter_b"]      # Filter A off
+    assert panel.controls["filter_a_mode"].disabled and panel.controls["filter_a_strength"].disabled
+    assert not panel.controls["min_n"].disabled
+    panel.controls["rules"].value = ["void_turn", "filter_b", "filter_a"]      # overlong off
+    assert panel.controls["min_n"].disabled and not panel.controls["filter_a_mode"].disabled

@@ -160,8 +160,8 @@ def add_arguments(p) -> None:
     p.add_argument("--init-samples", type=int, default=2, help="flywheel round-0 rollouts per question")
     p.add_argument("--sft-set", nargs="*", metavar="KEY=VALUE", help="SFTConfig overrides for phase 1, e.g. lr=5e-5")
     p.add_argument("--until", default="rl", choices=PHASES, help="last phase to run (sft: stop after phase 1)")
-    p.add_argument("--out", default="runs/et_agent")
-    p.add_argument("--quiet-bar", action="store_true")
+    p.add_argument("--out", default="runs/et_agent", help="pipeline folder (one subfolder per phase)")
+    p.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
     p.set_defaults(fn=main)
 
 
