@@ -95,6 +95,8 @@ def work_mode(train: dict) -> tuple[str, str]:
     work = train.get("work", "equal_rollouts")
     data, rollout, filt = train.get("data", {}), train.get("rollout", {}), train.get("filter", {})
     B, over, G = data.get("prompts_per_step"), data.get("oversample", 1.0), rollout.get("group_size")
+    if train.get("method") == "arpo":            # ARPO grows M = group_size rows to G by forks and fresh rows
+        G = train.get("arpo", {}).get("total_rollouts", G)
     if not (B and G):
         return work, "budget ?"
     rolled = int(np.ceil(B * over))

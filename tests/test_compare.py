@@ -140,6 +140,8 @@ def test_the_work_mode_is_read_from_the_config_and_compare_can_keep_one_mode(two
     assert compare.work_mode(train) == ("equal_groups", "B=2 groups per update, 16 rollouts per step")
     assert compare.work_mode({**train, "work": "equal_rollouts"})[1].startswith("up to 4 groups")
     assert compare.work_mode({}) == ("?", "budget ?")
+    arpo = {**train, "method": "arpo", "rollout": {**train["rollout"], "group_size": 2}, "arpo": {"total_rollouts": 4}}
+    assert compare.work_mode(arpo)[1].endswith("16 rollouts per step")     # G = total_rollouts rows, not M
     assert set(compare.load_runs([root], work="equal_rollouts").runs["work"]) == {"equal_rollouts"}
     with pytest.raises(ValueError, match=r"work='equal_groups'.*made with work=\['equal_rollouts'\]"):
         compare.write_comparison([root], tmp_path, n_boot=10, work="equal_groups")
