@@ -25,7 +25,7 @@ from __future__ import annotations
 import html
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +49,20 @@ TELEMETRY = {
     "rollout/sampled_tokens": "rollout tokens sampled per step",
 }
 
+# metrics of the held-out evaluations (evals/step_N/metrics.jsonl), summarised before and after:
+# the post-training entropy (E3-TIR's "low-entropy collapse" claim) and ET-Agent's behaviour metrics
+HELDOUT_METRICS = {
+    "entropy/sampled_mean": "held-out token entropy (nats)",
+    "tool/calls_per_traj": "held-out tool calls per episode",
+    "tool/success_rate": "held-out tool-call validity",
+    "behaviour/effi": "Effi (accuracy per call)",
+    "behaviour/success_exec_rate": "successful executions",
+    "behaviour/redundant_rate": "redundant calls",
+    "behaviour/insufficient_rate": "insufficient calls",
+    "behaviour/length_per_correct": "tokens per correct answer",
+    "behaviour/calls_per_correct": "calls per correct answer",
+}
+
 
 @dataclass
 class RunData:
@@ -57,11 +71,13 @@ class RunData:
     samples: arm, seed, step, task_id, sample_idx, correct   (one row per held-out sample)
     curves:  arm, seed, step, metric, value                  (training metrics per step)
     runs:    arm, seed, run_dir, method, work, budget        (one row per run; work: TrainConfig.work)
+    evals:   arm, seed, step, metric, value                  (HELDOUT_METRICS of each evaluation)
     """
 
     samples: pd.DataFrame
     curves: pd.DataFrame
     runs: pd.DataFrame
+    evals: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["arm", "seed", "step", "metric", "value"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -113,6 +129,17 @@ def _arm_work(runs: pd.DataFrame) -> dict[str, str]:
     return runs.groupby("arm", sort=False)["work"].agg(lambda s: "+".join(sorted(set(s)))).to_dict()
 
 
+def _eval_metrics(run_dir: Path) -> pd.DataFrame:
+    rows = []
+    for mfile in sorted((run_dir / "evals").glob("step_*/metrics.jsonl")):
+        lines = mfile.read_text().splitlines()
+        if lines:
+            m, step = json.loads(lines[0]), int(mfile.parent.name.split("_")[1])
+            rows += [{"step": step, "metric": k, "value": float(m[k])} for k in HELDOUT_METRICS
+                     if m.get(k) is not None and np.isfinite(m[k])]
+    return pd.DataFrame(rows, columns=["step", "metric", "value"])
+
+
 def _eval_samples(run_dir: Path) -> pd.DataFrame:
     frames = []
     for mfile in sorted((run_dir / "evals").glob("step_*/metrics.jsonl")):
@@ -127,7 +154,7 @@ def _eval_samples(run_dir: Path) -> pd.DataFrame:
 
 def load_runs(paths: Sequence[str | os.PathLike], work: str | None = None) -> RunData:
     """The runs under `paths`; `work` keeps only the runs made under that TrainConfig.work mode."""
-    samples, curves, runs, other_modes = [], [], [], set()
+    samples, curves, runs, evals, other_modes = [], [], [], [], set()
     for arm, seed, d in find_runs(paths):
         store = RunStore(d)
         train = store.read_config().get("train", {}) if (d / "config.json").exists() else {}
@@ -145,6 +172,9 @@ def load_runs(paths: Sequence[str | os.PathLike], work: str | None = None) -> Ru
         s = _eval_samples(d)
         if not s.empty:
             samples.append(s.assign(arm=arm, seed=seed))
+        e = _eval_metrics(d)
+        if not e.empty:
+            evals.append(e.assign(arm=arm, seed=seed))
     if not runs and other_modes:
         raise ValueError(f"no run under {list(map(str, paths))} was made with work={work!r}; "
                          f"they were made with work={sorted(other_modes)}")
@@ -153,7 +183,7 @@ def load_runs(paths: Sequence[str | os.PathLike], work: str | None = None) -> Ru
     cat = lambda fs, cols: pd.concat(fs, ignore_index=True)[cols] if fs else pd.DataFrame(columns=cols)
     return RunData(samples=cat(samples, ["arm", "seed", "step", "task_id", "sample_idx", "correct"]),
                    curves=cat(curves, ["arm", "seed", "step", "metric", "value"]),
-                   runs=pd.DataFrame(runs))
+                   runs=pd.DataFrame(runs), evals=cat(evals, ["arm", "seed", "step", "metric", "value"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,7 +226,8 @@ def _final_step(scores: pd.DataFrame) -> pd.DataFrame:
 
 def summarise(data: RunData, k: int | None = None, n_boot: int = 2000, level: float = 0.95,
               seed: int = 0, baseline: str | None = None) -> pd.DataFrame:
-    """The tidy summary: kind (heldout | heldout_before | paired | telemetry), arm, other, metric,
+    """The tidy summary: kind (heldout | heldout_before | paired | heldout_metric[_before] | telemetry),
+    arm, other, metric,
     step, n_seeds, n_tasks, mean, lo, hi."""
     rng = np.random.default_rng(seed)
     arms = list(dict.fromkeys(data.runs["arm"]))
@@ -217,6 +248,14 @@ def summarise(data: RunData, k: int | None = None, n_boot: int = 2000, level: fl
                                  "n_seeds": len(per_seed), "n_tasks": g["task_id"].nunique(),
                                  "mean": mean, "lo": lo, "hi": hi})
         rows += _paired_rows(_final_step(scores), arms, baseline or arms[0], k, n_boot, level, rng)
+    if not data.evals.empty:
+        last = data.evals.groupby(["arm", "seed"])["step"].transform("max")
+        for kind, part in (("heldout_metric_before", data.evals[data.evals["step"] == 0]),
+                           ("heldout_metric", data.evals[data.evals["step"] == last])):
+            for (arm, metric), g in part.groupby(["arm", "metric"], sort=False):
+                mean, lo, hi = bootstrap_mean(g["value"].to_numpy(), n_boot, level, rng)
+                rows.append({"kind": kind, "arm": arm, "metric": metric, "step": int(g["step"].max()),
+                             "n_seeds": len(g), "mean": mean, "lo": lo, "hi": hi})
     for arm in arms:
         for metric, g in data.curves[data.curves["arm"] == arm].groupby("metric"):
             per_seed = g.groupby("seed")["value"].mean()
@@ -280,7 +319,8 @@ def _interval_chart(df: pd.DataFrame, y: str, title: str, zero: bool = False):
 
 
 def charts(data: RunData, summary: pd.DataFrame) -> dict:
-    """{"heldout", "paired", "curves", "heldout_curves", "telemetry"}: altair charts (None if no data)."""
+    """{"heldout", "paired", "curves", "heldout_curves", "heldout_metrics", "telemetry"}: altair charts
+    (None if no data)."""
     import altair as alt
     out = {}
     held = summary[summary["kind"] == "heldout"]
@@ -295,6 +335,9 @@ def charts(data: RunData, summary: pd.DataFrame) -> dict:
         out["heldout_curves"] = _band_chart(ev.assign(metric="held-out avg@k"), "held-out avg@k over training")
     else:
         out["heldout_curves"] = None
+    hm = summary[summary["kind"] == "heldout_metric"]
+    out["heldout_metrics"] = alt.vconcat(*[_interval_chart(g, "arm", HELDOUT_METRICS.get(m, m) + " (held-out, after)")
+                                           for m, g in hm.groupby("metric")]) if not hm.empty else None
     tel = summary[summary["kind"] == "telemetry"]
     out["telemetry"] = alt.vconcat(*[_interval_chart(g, "arm", TELEMETRY.get(m, m) + " (run mean)")
                                      for m, g in tel.groupby("metric")]) if not tel.empty else None
@@ -336,7 +379,8 @@ def write_comparison(paths: Sequence[str | os.PathLike], out: str | os.PathLike 
               "<h2>Work per step</h2><ul>" + "".join(f"<li><b>{html.escape(a)}</b>: {html.escape(m)}</li>"
                                                      for a, m in modes.items()) + "</ul>"]
     titles = {"heldout": "Held-out score per arm", "paired": "Paired differences", "heldout_curves":
-              "Held-out evaluations over training", "curves": "Learning curves", "telemetry": "Telemetry per arm"}
+              "Held-out evaluations over training", "curves": "Learning curves", "heldout_metrics": "Held-out behaviour and entropy after training",
+              "telemetry": "Telemetry per arm"}
     for i, (key, chart) in enumerate(charts(data, summary).items()):
         body = _chart_div(chart, i) if chart is not None else "<p>(no data for this chart)</p>"
         blocks.append(f"<h2>{titles[key]}</h2>{body}")

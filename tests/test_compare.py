@@ -45,8 +45,9 @@ def _write_grid(root, arms: dict[str, list[list[int]]]):
             for step in (1, 2):
                 store.append_metrics({"step": step, "reward/mean": 0.1 * step + 0.01 * s, "time/step_s": 5.0,
                                       "tool/success_rate": 0.5, "entropy/post_tool_mean": 1.2})
-            save_eval(d, "step_000000", _eval_trajs(BASE[s]), {"eval/k": K})
-            save_eval(d, "step_000002", _eval_trajs(counts[s]), {"eval/k": K})
+            save_eval(d, "step_000000", _eval_trajs(BASE[s]), {"eval/k": K, "entropy/sampled_mean": 0.9})
+            save_eval(d, "step_000002", _eval_trajs(counts[s]), {"eval/k": K, "entropy/sampled_mean": 0.5 + 0.1 * s,
+                                                                 "behaviour/effi": float("nan")})
     return spec
 
 
@@ -115,6 +116,14 @@ def test_telemetry_is_summarised_per_arm_over_seeds(two_arms):
     assert _row(summary, "telemetry", "base", "time/step_s")["mean"] == pytest.approx(5.0)
 
 
+def test_held_out_metrics_are_summarised_before_and_after_over_seeds_and_nan_is_skipped(two_arms):
+    _, _, summary = two_arms
+    assert _row(summary, "heldout_metric_before", "base", "entropy/sampled_mean")["mean"] == pytest.approx(0.9)
+    after = _row(summary, "heldout_metric", "base", "entropy/sampled_mean")
+    assert after["mean"] == pytest.approx(0.6) and after["n_seeds"] == 3 and after["step"] == 2
+    assert summary[summary["metric"] == "behaviour/effi"].empty          # NaN: no value, not a zero
+
+
 def test_the_page_is_self_contained_and_the_csv_is_tidy(two_arms, tmp_path):
     root, _, _ = two_arms
     paths = compare.write_comparison([root], tmp_path / "out", n_boot=200)
@@ -127,7 +136,8 @@ def test_the_page_is_self_contained_and_the_csv_is_tidy(two_arms, tmp_path):
     assert "work per step, base: work=equal_rollouts" in paths["sentences"]
     assert "better − base (work=equal_rollouts), held-out" in paths["sentences"]
     csv = pd.read_csv(paths["csv"])
-    assert set(csv["kind"]) == {"heldout", "heldout_before", "paired", "telemetry"}
+    assert set(csv["kind"]) == {"heldout", "heldout_before", "paired", "telemetry", "heldout_metric", "heldout_metric_before"}
+    assert "Held-out behaviour and entropy after training" in page
     assert list(csv.columns) == ["kind", "arm", "other", "metric", "step", "n_seeds", "n_tasks", "mean", "lo", "hi",
                                  "work"]
     assert set(csv["work"]) == {"equal_rollouts"}
