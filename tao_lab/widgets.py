@@ -36,6 +36,8 @@ from dataclasses import asdict, fields, replace
 from typing import TYPE_CHECKING, Callable
 
 import ipywidgets as W
+import pandas as pd
+from IPython.core.formatters import format_display_data
 from IPython.display import display
 
 from tao_lab import config_changes, explore, plots
@@ -311,9 +313,12 @@ class TrainingConsole:
         self.progress = W.HTML()
         self.chart = W.Output()
         for w, cls in ((self.status, "tao-console-status"), (self.chart, "tao-console-chart"),
-                       (self.train_button, "tao-console-train"), (self.apply_button, "tao-console-apply")):
+                       (self.train_button, "tao-console-train"), (self.apply_button, "tao-console-apply"),
+                       (self.progress, "tao-console-progress")):
             w.add_class(cls)
         c = self.controls
+        for k, w in c.items():
+            w.add_class(f"tao-ctl-{k}")   # names for a browser test; the Panel has only .tao-coef
         filters_box = W.VBox([W.HTML("<b>Filters</b> · rules in run order"),
                               *(c[k] for k in ("rules", "filter_a_mode", "filter_a_strength", "min_n"))])
         shaping_box = W.VBox([W.HTML("<b>Entropy shaping</b>"),
@@ -443,8 +448,6 @@ class TrainingConsole:
         self.history = self.trainer.store.metrics().to_dict("records") if path.exists() else []
 
     def _draw(self) -> None:
-        import pandas as pd
-
         frame = pd.DataFrame(self.history)
         cols = [c for c in self.curves if c in frame and frame[c].notna().any()]
         if not cols:
@@ -453,8 +456,6 @@ class TrainingConsole:
         chart = plots.learning_curves(self.chart_data, columns=3, title="Learning curves, one point per step")
         # the output area's content replaced in one assignment: no flicker, and it works from a
         # button callback and from a test alike (`with output:` only captures inside a kernel)
-        from IPython.core.formatters import format_display_data
-
         data, metadata = format_display_data(chart)
         self.chart.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata},)
 
