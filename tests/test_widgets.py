@@ -155,7 +155,8 @@ def test_the_train_button_trains_n_more_steps_and_the_chart_grows_with_each(cons
     assert sorted(console.chart_data["step"].unique()) == [1, 2, 3]
     assert drawn[0] < drawn[1], "the chart's data grows after every step, not only at the end"
     assert (console.bar.value, console.bar.max) == (2, 2) and "step 3 (2/2)" in console.progress.value
-    assert console.chart.outputs and console.chart.outputs[0]["data"], "the chart is drawn in the console's own output area"
+    # the chart is drawn in the console's own output area
+    assert console.chart.outputs and console.chart.outputs[0]["data"]
 
 
 def test_apply_says_what_changed_from_which_step_and_records_it(console):
