@@ -52,8 +52,8 @@ pd.set_option("display.max_colwidth", 80)
 #
 # A few tasks from easy and hard arithmetic levels (plus word problems outside smoke mode), G episodes
 # each, with the few-shot template (two solved demonstrations in the prompt, so the 135M model does call the tool).
-# The run store is reused when it exists: delete the folder, or set `TAO_LAB_RUN_DIR`, to sample anew.
-# Notebook 04 reads the same store.
+# The run store is a folder named after these settings under `runs/` next to this notebook (or under
+# `$TAO_LAB_RUN_DIR`); it is reused when it exists: delete it to sample anew. Notebook 04 reads the same store.
 
 # %%
 SOURCES = ["arith-L1", "arith-L3"] if SMOKE else ["arith-L1", "arith-L2", "arith-L3", "word-L2"]

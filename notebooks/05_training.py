@@ -20,24 +20,22 @@
 # a LoRA adapter on the embedded SmolLM2-135M is trained with TAO-RL (METHODS.md §1) on the
 # bundled arithmetic tasks. First one step written out as the library calls that make it —
 # rollout → score → filter → advantages → one training forward → shaping → loss → optimizer — then
-# the same step in a loop, with a chart that updates after every step and controls that change the
-# filter rules or the shaping coefficient between steps.
+# the same step in a loop, from a training console: filter and shaping controls, an **Apply** button
+# that says what changed from which step on, and **Train N more steps** with its progress bar and a
+# learning-curve chart that updates after every step, all in one cell.
 #
 # On a laptop CPU a step takes about a minute at these sizes; the `gpu_qlora` preset runs the same
 # loop on a 1.5B model in 4 bit on one consumer GPU (`tao-lab train --preset gpu_qlora`).
 
 # %%
 import os
-import tempfile
 from dataclasses import replace
-from pathlib import Path
 
-import ipywidgets as W
 import pandas as pd
 import torch
-from IPython.display import HTML, display
+from IPython.display import display
 
-from tao_lab import explore, filters, plots, trainer, update, widgets
+from tao_lab import config_changes, filters, plots, rundir, trainer, update, widgets
 from tao_lab.advantages import shape_advantages
 from tao_lab.hooks import SeededStream
 from tao_lab.loss import policy_loss
@@ -47,7 +45,6 @@ from tao_lab.tokenview import TokenView
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer, shorter episodes; 2 steps
 plots.use_offline_renderer()                      # charts as SVG: no network, no JavaScript needed
-RUN_DIR = Path(os.environ.get("TAO_LAB_RUN_DIR") or tempfile.mkdtemp(prefix="tao_lab_05_"))
 
 # %% [markdown]
 # ## 1. The config: a preset, a method, and overrides
@@ -71,10 +68,14 @@ except ValueError as err:
 
 # %% [markdown]
 # The `Trainer` loads the model (LoRA adapter seeded by `cfg.seed`), the training tasks, the
-# AdamW optimizer over the adapter parameters only, and opens the run store.
+# AdamW optimizer over the adapter parameters only, and opens the run store: a new folder for each
+# run, under `runs/05_training/` next to this notebook, where the JupyterLab file browser shows it
+# (`TAO_LAB_RUN_DIR` moves every notebook's runs elsewhere: `tao_lab/rundir.py`).
 
 # %%
+RUN_DIR = rundir.new_run_dir("05_training")
 tr = trainer.Trainer(cfg, RUN_DIR)
+print("run folder:", RUN_DIR)
 n_train = sum(p.numel() for p in tr.params)
 n_all = sum(p.numel() for p in tr.model.parameters())
 print(f"{len(tr.tasks)} training tasks; trainable parameters {n_train:,} of {n_all:,} ({n_train / n_all:.2%})")
@@ -161,62 +162,44 @@ print(f"loss {loss.item():+.5f} | ratio mean {loss_metrics['loss/ratio_mean']:.6
 assert torch.isfinite(loss)
 
 # %% [markdown]
-# ## 3. The loop, live
+# ## 3. The loop, live: a training console
 # `Trainer.step()` runs exactly those calls (plus micro-batching, gradient accumulation, clipping,
-# the optimizer step, telemetry and the run store). `on_step` is called after each step with its
-# metrics: here it redraws a chart of reward, drop rates and entropy.
+# the optimizer step, telemetry and the run store). The console below puts the filter and shaping
+# controls of `tao_lab.widgets` on this trainer:
+#
+# - **Apply** makes the settings shown the config of the *next* step (`Trainer.apply_config`: the
+#   dataclasses validate them, and each changed field is written to `config_changes.jsonl` in the run
+#   folder, which a resumed run replays). The line under the buttons says what changed, from which step on.
+# - **Train N more steps** applies what the controls show, then trains N more steps; the progress bar
+#   and the learning curves (drawn by the trainer's `on_step` callback) update after every step.
+# - Controls that do nothing for the chosen variant are greyed out: α and κ belong to the additive
+#   bonus, a and z scope to the multiplicative TAO-RL shaping, Filter A's strength to its mask mode.
+#
+# Running this cell trains one step, as a click on the button would. The steps box starts at the
+# rest of the planned run (`run.steps`: 6 here, 2 at smoke size), which the next cell trains.
 
 # %%
-live = W.Output()
-history = []
-CURVES = ["reward/mean", "filter/b_drop_rate", "groups/degenerate_rate", "tool/success_rate",
-          "entropy/post_tool_mean", "entropy/other_mean"]
-
-
-def on_step(log):
-    history.append(log.metrics)
-    frame = pd.DataFrame(history)
-    cols = [c for c in CURVES if c in frame and frame[c].notna().any()]
-    with live:
-        live.clear_output(wait=True)
-        display(plots.learning_curves(explore.metrics_long(frame, cols), columns=3))
-        print(f"step {log.step}: reward {log.metrics['reward/mean']:.3f}"
-              + (f" | skipped: {log.skip_reason}" if log.skipped else ""))
-
-
-tr.on_step = on_step
-display(live)
-tr.train(steps=1)
-assert len(history) == 1
+console = widgets.TrainingConsole(tr, steps=max(1, cfg.run.steps - 1))
+display(console)
+console.train(1)
+assert len(console.history) == tr.state.step >= 1
 
 # %% [markdown]
 # ## 4. Change the knobs between steps
-# The filter and shaping controls of `tao_lab.widgets` are bound to the config fields; moving them
-# changes nothing until the next step. `apply_controls()` reads them back into the config (the
-# dataclasses validate them) and hands the new config to the trainer. Here we switch Filter A to the
-# authors' mask mode and raise the coefficient a to 0.05, then train one more step.
+# Move any control above and press **Train** (or **Apply** first, to see what will change). The cell
+# below is for Run All, where nobody clicks: it plays the part of a person — Filter A to the authors'
+# mask mode, the coefficient a to 0.05 — *only if you have not changed or applied anything yourself*,
+# then does what the Train button does. Your own choice is never overwritten: the cell reads the controls.
 
 # %%
-controls = {**widgets.filter_controls(tr.cfg.filter), **widgets.shaping_controls(tr.cfg.shaping)}
-
-
-def apply_controls(_=None):
-    fcfg, scfg = widgets.configs_from_controls(controls, tr.cfg.filter, tr.cfg.shaping)
-    tr.cfg = replace(tr.cfg, filter=fcfg, shaping=scfg)
-
-
-button = W.Button(description="apply to the next step")
-button.on_click(apply_controls)
-display(W.VBox([W.HBox([W.VBox([controls[k] for k in ("rules", "filter_a_mode", "filter_a_strength")]),
-                        W.VBox([controls[k] for k in ("kind", "coef", "gate", "z_scope")])]), button]))
-
-# %%
-controls["filter_a_mode"].value = "mask"   # what a person would do with the toggle
-controls["coef"].value = 0.05
-apply_controls()
-assert tr.cfg.filter.filter_a_mode == "mask" and abs(tr.cfg.shaping.coef - 0.05) < 1e-9
-tr.train(steps=2)
-assert len(history) == 2
+if not (console.applied or console.pending()):   # nothing chosen by hand: make the example change
+    console.controls["filter_a_mode"].value = "mask"
+    console.controls["coef"].value = 0.05
+before = tr.state.step
+console.train()                                   # = the button: apply the controls, train N more steps
+assert tr.state.step == before + console.n_steps.value and not console.pending()
+# the run's own record: one line per changed field, with the first step that ran with it
+pd.DataFrame(config_changes.read(RUN_DIR), columns=["step", "field", "old", "new"])
 
 # %% [markdown]
 # ## 5. The latest rollouts, token by token

@@ -301,8 +301,12 @@ def learning_curves(metrics: pd.DataFrame, columns: int = 3, title: str = "Metri
     order = sorted(varying, key=lambda m: (not m.startswith("reward/"), varying.index(m)))
     df = metrics[metrics["metric"].isin(order)].assign(panel=lambda d: d["metric"].map(metric_title))
     panels = [metric_title(m) for m in order]
+    # vega ignores tickMinStep here and puts ticks at 1.5, 2.5 (drawn "2", "3" twice by format "d"):
+    # a short run gets one tick per step, a long one whole-number ticks of vega's choosing
+    steps = sorted(df["step"].unique().tolist())
+    axis = alt.Axis(format="d", values=steps) if len(steps) <= 12 else alt.Axis(format="d", tickMinStep=1)
     return alt.Chart(df).mark_line(point=True).encode(
-        x=alt.X("step:Q", title="step", axis=alt.Axis(format="d", tickMinStep=1)),
+        x=alt.X("step:Q", title="step", axis=axis),
         y=alt.Y("value:Q", title=None), tooltip=["panel:N", "step:Q", "value:Q"],
     ).properties(width=200, height=120).facet(
         facet=alt.Facet("panel:N", title=None, sort=panels), columns=min(columns, len(panels)),

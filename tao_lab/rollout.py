@@ -29,7 +29,6 @@ the cache is preallocated (engine.KVEngine); sandbox calls run concurrently in a
 from __future__ import annotations
 
 import concurrent.futures as cf
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -555,20 +554,25 @@ def finish_counts(trajs: Sequence[Trajectory]) -> dict[str, int]:
 # Sample once into a run store, reuse after (notebooks 03 and 04 share one)
 
 
+def store_name(sources: list[str], n_per_source: int, group_size: int, max_new_tokens: int, seed: int = 1) -> str:
+    """The folder name of sample_or_load's store: the settings, so smoke and full size never mix."""
+    return f"nb_tool_{n_per_source * len(sources)}x{group_size}_{max_new_tokens}_s{seed}"
+
+
 def sample_or_load(sources: list[str], n_per_source: int, group_size: int, max_new_tokens: int,
                    seed: int = 1, run_dir: str | Path | None = None, progress: bool = True
                    ) -> tuple[list[Trajectory], Path]:
     """Few-shot tool rollouts of the embedded model on held-out tasks, stored once and then reused.
 
-    The run store at `run_dir` (default: $TAO_LAB_RUN_DIR, else one named after the settings under
-    tao_lab's home) is read when it has a step; otherwise the rollouts are sampled, scored and
-    written there. Delete the folder to sample anew. Returns (trajectories, run_dir).
+    The run store at `run_dir` (default: rundir.notebook_run_dir(store_name(...)), a folder named
+    after the settings under $TAO_LAB_RUN_DIR, else under runs/ next to the notebook) is read when
+    it has a step; otherwise the rollouts are sampled, scored and written there. Delete the folder
+    to sample anew. Returns (trajectories, run_dir).
     """
-    from .models import home_dir
     from .records import RunStore
+    from .rundir import notebook_run_dir
 
-    run_dir = Path(run_dir or os.environ.get("TAO_LAB_RUN_DIR") or home_dir() / "runs" /
-                   f"nb_tool_{n_per_source * len(sources)}x{group_size}_{max_new_tokens}_s{seed}")
+    run_dir = Path(run_dir or notebook_run_dir(store_name(sources, n_per_source, group_size, max_new_tokens, seed)))
     store = RunStore(run_dir)
     if store.steps():
         trajs = store.read_step(store.steps()[0])

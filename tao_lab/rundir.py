@@ -13,6 +13,17 @@ Without this rule a kill during the first checkpoint write left a folder that `r
 `train` called taken, and a `train` into a folder killed before its first checkpoint appended a second
 step 1 to the metrics. Everything that resumes a run (tao-lab resume, Trainer.resume, the grid) goes
 through `prepare_resume`; everything that starts one goes through `check_fresh`.
+
+Where the notebooks keep their runs — one meaning of the environment variable TAO_LAB_RUN_DIR:
+
+    TAO_LAB_RUN_DIR      the folder that HOLDS the notebooks' run folders (default: runs/ in the
+                         working directory, i.e. notebooks/runs/ when JupyterLab runs a notebook, so
+                         the file browser shows them; runs/ is git-ignored)
+    notebook_run_dir(n)  that folder / n: one named folder (03 and 04 share their rollout store by
+                         giving the same name, rollout.sample_or_load)
+    new_run_dir(n)       a fresh folder under it for a new training run (notebook 05):
+                         runs/05_training/run_20261207-203600, so a second Run All never trips
+                         `check_fresh` on the first run's folder
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +40,31 @@ from . import checkpoint as ckpt
 
 class RunDirError(ValueError):
     """A run folder cannot be used the way it was asked; the message gives the command that works."""
+
+
+RUN_DIR_ENV = "TAO_LAB_RUN_DIR"
+
+
+def notebook_run_dir(name: str) -> Path:
+    """$TAO_LAB_RUN_DIR/name, else runs/name in the working directory (see the module docstring),
+    as an absolute path; not created here."""
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts:
+        raise RunDirError(f"notebook_run_dir({name!r}): give a plain folder name such as '05_training'")
+    return (Path(os.environ.get(RUN_DIR_ENV) or "runs") / name).resolve()
+
+
+def new_run_dir(name: str) -> Path:
+    """A folder for a new run under notebook_run_dir(name), named by the start time; created, empty."""
+    parent = notebook_run_dir(name)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for i in range(1000):
+        path = parent / (f"run_{stamp}" if i == 0 else f"run_{stamp}_{i}")
+        try:
+            path.mkdir(parents=True)     # fails if taken: two runs started in the same second
+            return path
+        except FileExistsError:
+            continue
+    raise RunDirError(f"no free run folder name under {parent} for run_{stamp}; remove old runs there")
 
 
 def _traces(run_dir: Path) -> list[str]:

@@ -355,6 +355,7 @@ class Trainer:
         self.signals = SignalGuard()
         self._rng_snapshot = ckpt.rng_state()
         self.last_log: StepLog | None = None
+        self._changes_for_next: list[dict] = []   # recorded by apply_config for the step not yet run
         if write_config:
             self.store.write_config({"train": config_to_dict(cfg), "versions": versions(),
                                      "git_revision": git_revision(), "n_train_tasks": len(self.tasks)})
@@ -381,7 +382,7 @@ class Trainer:
     # -- one step
     def step(self) -> StepLog:
         s = self.state.step + 1
-        changes = self._config_changes(s)
+        changes = [*self._changes_for_next, *self._config_changes(s)]
         cfg, timer = self.cfg, StageTimer()
         try:
             trajs, fres, sample_metrics = self._sample_and_filter(s, timer)
@@ -406,6 +407,7 @@ class Trainer:
             log = self._commit(s, trajs, fres, adv_all, skip_reason,
                                metric_parts=(sample_metrics, fres.counts, ametrics, umetrics,
                                              {"config/changes": len(changes)}), timer=timer)
+            self._changes_for_next = []
         except BaseException:
             if self.state.step < s:      # not committed: undo the source's draw (see above)
                 self.prompt_source.load_state_dict(copy.deepcopy(self.state.source))
@@ -415,6 +417,25 @@ class Trainer:
         if self.on_step is not None:
             self.on_step(log)
         return log
+
+    def apply_config(self, cfg: TrainConfig) -> list[dict]:
+        """Make `cfg` the config of the next step now, and return what changed.
+
+        Assigning `trainer.cfg` does the same, but its changes are checked and recorded only when
+        the next step starts; this validates at once (a bad value raises ValueError and the old
+        config stays), records the changes in config_changes.jsonl as taking effect at the next
+        step ({"step", "field", "old", "new"} each) and lets optimizer changes reach the optimizer.
+        A notebook's Apply button uses it to say what was applied.
+        """
+        old = self.cfg
+        self.cfg = cfg
+        try:
+            changes = self._config_changes(self.state.step + 1)
+        except ValueError:
+            self.cfg = old
+            raise
+        self._changes_for_next += changes
+        return [{"step": self.state.step + 1, **c} for c in changes]
 
     def _config_changes(self, s: int) -> list[dict]:
         """The config as it stands now (a notebook may have changed it) is validated, its changes

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from runstore_fixture import make_run_store
+from tao_lab.rollout import store_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -70,10 +71,11 @@ def lab(tmp_path_factory):
     nbdir, settings = base / "notebooks", base / "settings"
     nbdir.mkdir()
     shutil.copy(ROOT / "notebooks" / "04_entropy.ipynb", nbdir)
-    make_run_store(base / "run")
+    # TAO_LAB_RUN_DIR holds the notebooks' run folders; notebook 04 at smoke size reads this one
+    make_run_store(base / "runs" / store_name(["arith-L1", "arith-L3"], 2, 4, 128, seed=1))
     _write_settings(settings)
     port, token = _free_port(), uuid.uuid4().hex
-    env = {**os.environ, "TAO_LAB_SMOKE": "1", "TAO_LAB_RUN_DIR": str(base / "run"),
+    env = {**os.environ, "TAO_LAB_SMOKE": "1", "TAO_LAB_RUN_DIR": str(base / "runs"),
            "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
            "TOKENIZERS_PARALLELISM": "false"}
     log = open(base / "jupyter.log", "w")

@@ -223,3 +223,21 @@ def test_a_changes_file_cut_short_by_a_crash_reads_up_to_its_last_whole_line(tmp
     assert config_changes.read(tmp_path) == [{"step": 2, "field": "optim.lr", "old": 0.01, "new": 0.005}]
     assert config_changes.replay({"optim": {"lr": 0.01}}, config_changes.read(tmp_path), 2) == {"optim": {"lr": 0.005}}
     assert config_changes.replay({"optim": {"lr": 0.01}}, config_changes.read(tmp_path), 1) == {"optim": {"lr": 0.01}}
+
+
+def test_apply_config_records_a_change_at_once_for_the_next_step_and_a_resume_keeps_it(tmp_path, pool):
+    with T.Trainer(tiny_cfg("run.steps=3", "run.save_every=5"), tmp_path, pool=pool,
+                   reward_fn=alternating_reward) as tr:
+        tr.step()
+        old = tr.cfg
+        with pytest.raises(ValueError, match=r"model.lora_r.*new run"):
+            tr.apply_config(replace(tr.cfg, model=replace(tr.cfg.model, lora_r=8)))
+        assert tr.cfg is old and not config_changes.read(tmp_path)
+        got = tr.apply_config(replace(tr.cfg, shaping=replace(tr.cfg.shaping, coef=0.2)))
+        assert got == [{"step": 2, "field": "shaping.coef", "old": 0.01, "new": 0.2}]
+        assert config_changes.read(tmp_path) == got               # written before step 2 runs
+        tr.save_checkpoint()                                      # as an interrupt would, before step 2
+    with T.Trainer.resume(tmp_path, pool=pool, reward_fn=alternating_reward) as tr:
+        assert tr.cfg.shaping.coef == 0.2                         # applied for step 2: carried over
+        assert tr.step().metrics["config/changes"] == 0           # recorded once, by the first run
+    assert config_changes.read(tmp_path) == got

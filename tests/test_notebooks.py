@@ -2,16 +2,19 @@
 checks. Each is stored without outputs and in sync with its jupytext py:percent twin.
 
 Notebooks 03 and 04 read one run store: 03 samples it from the embedded model into a temporary
-folder, 04 reuses it, as a reader going through the notebooks in order would.
+folder, 04 reuses it, as a reader going through the notebooks in order would. TAO_LAB_RUN_DIR is the
+folder that holds the notebooks' run folders (tao_lab/rundir.py), in every notebook.
 """
 
 from __future__ import annotations
 
 import re
+import json
 
 import pytest
 
 from notebook_runner import NOTEBOOKS, execute_notebook, html_outputs
+from tao_lab import config_changes
 
 ALL = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 
@@ -52,7 +55,7 @@ def test_notebook_02_rollouts_runs_headless(monkeypatch):
 
 @pytest.fixture(scope="module")
 def shared_store(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("nb_run") / "store")
+    return str(tmp_path_factory.mktemp("nb_runs"))
 
 
 @pytest.mark.smoke
@@ -73,8 +76,13 @@ def test_notebook_04_entropy_runs_headless_on_the_store_03_wrote(monkeypatch, sh
 
 @pytest.mark.smoke
 def test_notebook_05_training_runs_headless(monkeypatch, tmp_path):
-    execute_notebook("05_training", monkeypatch, {"TAO_LAB_RUN_DIR": str(tmp_path / "run")})
-    assert (tmp_path / "run" / "report.html").exists()
+    nb = execute_notebook("05_training", monkeypatch, {"TAO_LAB_RUN_DIR": str(tmp_path)})
+    runs = list((tmp_path / "05_training").glob("run_*"))
+    assert len(runs) == 1 and (runs[0] / "report.html").exists()
+    assert [c["field"] for c in config_changes.read(runs[0])] == ["filter.filter_a_mode", "shaping.coef"]
+    # the console's widgets carry the confirmation and the chart in the saved widget state
+    state = json.dumps(nb.metadata.get("widgets", {}))
+    assert "applied from step 2 on" in state and "Train 1 more step" in state
 
 
 @pytest.mark.smoke

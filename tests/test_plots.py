@@ -170,6 +170,14 @@ def test_learning_curves_put_reward_first_use_plain_titles_and_drop_constant_pan
     assert spec["spec"]["encoding"]["x"]["axis"]["format"] == "d"
 
 
+def test_learning_curves_label_each_step_once_on_a_short_run():
+    import re
+
+    long = pd.DataFrame({"step": [1, 2, 3], "metric": ["reward/mean"] * 3, "value": [0.1, 0.4, 0.7]})
+    ticks = re.findall(r"<text[^>]*>(\d+)</text>", plots.to_svg(plots.learning_curves(long)))
+    assert ticks[:3] == ["1", "2", "3"] and len(ticks) == len(set(ticks)), ticks   # was 1, 2, 2, 3, 3
+
+
 def test_a_reason_keeps_its_colour_whatever_other_reasons_are_present(funnel):
     both = plots.funnel_chart(funnel).to_dict()["encoding"]["color"]["scale"]
     alone = plots.funnel_chart(funnel[funnel["reason"] != "all_correct"]).to_dict()["encoding"]["color"]["scale"]

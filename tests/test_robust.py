@@ -260,3 +260,15 @@ def test_saving_a_step_whose_checkpoint_is_damaged_writes_it_again(tmp_path):
     _truncate(path / "optimizer.pt")
     assert "optimizer.pt" in ckpt.verify(path)
     assert ckpt.verify(ckpt.save(tmp_path, 1, **kw)) is None      # not taken for "already saved"
+
+
+def test_notebook_run_dirs_live_under_tao_lab_run_dir_or_runs_next_to_the_notebook(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TAO_LAB_RUN_DIR", raising=False)
+    assert rundir.notebook_run_dir("05_training") == tmp_path / "runs" / "05_training"
+    monkeypatch.setenv("TAO_LAB_RUN_DIR", str(tmp_path / "all"))
+    first, second = rundir.new_run_dir("05_training"), rundir.new_run_dir("05_training")
+    assert first.parent == second.parent == tmp_path / "all" / "05_training" and first != second
+    assert first.is_dir() and not rundir.started(first)
+    with pytest.raises(rundir.RunDirError, match="plain folder name"):
+        rundir.notebook_run_dir("../elsewhere")

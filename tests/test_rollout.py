@@ -7,7 +7,7 @@ import torch
 
 from fakes import ByteTokenizer, ScriptedPolicy
 from runstore_fixture import make_run_store, make_trajectories
-from tao_lab.rollout import RolloutConfig, generate, sample_or_load
+from tao_lab.rollout import RolloutConfig, generate, sample_or_load, store_name
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 
 
@@ -176,13 +176,14 @@ def test_embedded_model_records_match_a_teacher_forced_forward_with_tool_calls(s
 
 
 def test_sample_or_load_reads_an_existing_run_store_without_loading_a_model(tmp_path, monkeypatch):
-    make_run_store(tmp_path / "store", seed=3)
-    monkeypatch.setenv("TAO_LAB_RUN_DIR", str(tmp_path / "store"))
+    # TAO_LAB_RUN_DIR holds the notebooks' run folders; the store is the one named after the settings
+    make_run_store(tmp_path / store_name(["arith-L1"], 2, 4, 64), seed=3)
+    monkeypatch.setenv("TAO_LAB_RUN_DIR", str(tmp_path))
 
     def no_model(*a, **k):
         raise AssertionError("a stored run must not load the model")
 
     monkeypatch.setattr("tao_lab.models.load_policy", no_model)
     got, run_dir = sample_or_load(["arith-L1"], 2, 4, 64)
-    assert run_dir == tmp_path / "store"
+    assert run_dir == tmp_path / "nb_tool_2x4_64_s1"
     assert [t.token_ids for t in got] == [t.token_ids for t in make_trajectories(3)]

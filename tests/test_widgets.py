@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from runstore_fixture import make_run_store
-from tao_lab import widgets
+from tao_lab import config_changes, widgets
 from tao_lab.advantages import ShapingConfig
 from tao_lab.filters import FilterConfig
+from train_helpers import alternating_reward, one_thread, pool, tiny_cfg  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -154,3 +155,78 @@ def test_filter_controls_of_a_rule_that_is_off_or_a_mode_that_ignores_them_are_d
     assert not panel.controls["min_n"].disabled
     panel.controls["rules"].value = ["void_turn", "filter_b", "filter_a"]      # overlong off
     assert panel.controls["min_n"].disabled and not panel.controls["filter_a_mode"].disabled
+# ----------------------------------------------------------------------------------------------
+# The training console (notebook 05) on the tiny random model: real steps, no browser
+
+
+@pytest.fixture()
+def console(tmp_path, one_thread, pool):  # noqa: F811
+    from tao_lab.trainer import Trainer
+
+    tr = Trainer(tiny_cfg(), tmp_path / "run", reward_fn=alternating_reward, pool=pool)
+    yield widgets.TrainingConsole(tr, steps=1)
+    tr.close()
+
+
+def test_the_train_button_trains_n_more_steps_and_the_chart_grows_with_each(console):
+    console.train_button.click()
+    assert console.trainer.state.step == 1 and sorted(console.chart_data["step"].unique()) == [1]
+    console.n_steps.value = 2
+    assert console.train_button.description == "Train 2 more steps"
+    drawn = []
+    console.trainer.on_step = lambda log: drawn.append(len(console.chart_data))  # the console chains it
+    console.train_button.click()
+    assert console.trainer.state.step == 3 and len(console.history) == 3
+    assert sorted(console.chart_data["step"].unique()) == [1, 2, 3]
+    assert drawn[0] < drawn[1], "the chart's data grows after every step, not only at the end"
+    assert (console.bar.value, console.bar.max) == (2, 2) and "step 3 (2/2)" in console.progress.value
+    # the chart is drawn in the console's own output area
+    assert console.chart.outputs and console.chart.outputs[0]["data"]
+
+
+def test_apply_says_what_changed_from_which_step_and_records_it(console):
+    console.controls["coef"].value = 0.05
+    assert "not applied yet" in console.status.value and console.pending()
+    console.apply_button.click()
+    assert "applied from step 1 on" in console.status.value and "shaping.coef 0.01 → 0.05" in console.status.value
+    assert console.trainer.cfg.shaping.coef == pytest.approx(0.05) and not console.pending()
+    recorded = config_changes.read(console.trainer.store.path)
+    assert [(c["step"], c["field"], c["new"]) for c in recorded] == [(1, "shaping.coef", 0.05)]
+    log = console.train(1)[0]
+    assert log.metrics["config/changes"] == 1
+    assert len(config_changes.read(console.trainer.store.path)) == 1, "the step must not record it twice"
+    console.apply_button.click()
+    assert "nothing to apply: step 2" in console.status.value
+
+
+def test_train_applies_what_the_controls_show_and_an_invalid_setting_trains_nothing(console):
+    console.controls["filter_a_mode"].value = "mask"
+    console.train(1)
+    assert console.trainer.cfg.filter.filter_a_mode == "mask"
+    assert [c["field"] for c in console.applied] == ["filter.filter_a_mode"]
+    console.controls["kind"].value = "additive"
+    console.controls["kappa"].min = 0.5       # the slider stops at 1.1; a script can go lower
+    console.controls["kappa"].value = 0.8
+    assert console.train(1) == [] and console.trainer.state.step == 1
+    assert "invalid setting" in console.status.value and "kappa" in console.status.value
+    assert console.trainer.cfg.shaping.kind == "tao"
+
+
+def test_controls_that_do_nothing_for_the_chosen_variant_are_disabled(console):
+    c = console.controls
+    assert c["alpha"].disabled and c["kappa"].disabled and not c["coef"].disabled   # tao: A(1 + a·g·z)
+    assert c["filter_a_strength"].disabled                                          # drop mode
+    c["kind"].value = "none"
+    assert all(c[k].disabled for k in ("coef", "gate", "z_scope", "detach", "alpha", "kappa"))
+    c["kind"].value = "additive"
+    assert c["coef"].disabled and not c["alpha"].disabled and not c["kappa"].disabled
+    c["rules"].value = ["filter_b"]
+    assert c["filter_a_mode"].disabled and c["min_n"].disabled
+    c["rules"].value = ["filter_b", "filter_a"]
+    c["filter_a_mode"].value = "mask"
+    assert not c["filter_a_mode"].disabled and not c["filter_a_strength"].disabled
+
+
+def test_inactive_fields_keeps_the_gate_when_the_loss_anti_clip_uses_it():
+    assert "gate" in widgets.inactive_fields({"kind": "none", "gate": "post_tool"})
+    assert "gate" not in widgets.inactive_fields({"kind": "none", "gate": "post_tool"}, gate_used_by_loss=True)
