@@ -194,8 +194,19 @@ def base_eval_key(spec: GridSpec, cfg) -> str:
     model = {k: v for k, v in asdict(cfg.model).items() if k != "seed"}
     facts = {"eval": asdict(_eval_config(spec, cfg)), "rollout": asdict(cfg.rollout), "reward": asdict(cfg.reward),
              "reward_fn": spec.reward_fn, "model": model,
-             "weights_seed": cfg.seed if cfg.model.name == TINY_MODEL else None}
+             "weights_seed": cfg.seed if cfg.model.name == TINY_MODEL else None,
+             # the checkpoint an init_adapter resolves to now, not only its folder's name
+             "init_checkpoint": _init_checkpoint(cfg.model.init_adapter)}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _init_checkpoint(where: str) -> str | None:
+    """The checkpoint an init_adapter resolves to now (a run that is still training resolves later)."""
+    from .models import init_adapter_path
+    try:
+        return str(init_adapter_path(where)) if where else None
+    except (FileNotFoundError, ValueError):   # the cell's model load says what is wrong
+        return where
 
 
 def _evaluate(tr, spec: GridSpec, held_out, run_dir: Path, out: Path | None = None) -> dict:

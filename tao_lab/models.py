@@ -286,15 +286,30 @@ def finish_policy(model, cfg: ModelConfig):
     return model
 
 
-def load_init_adapter(model, where: str) -> None:
-    """Load the adapter of a run's newest checkpoint (or of a checkpoint folder) into `model`."""
+def init_adapter_path(where: str) -> Path:
+    """The checkpoint folder ModelConfig.init_adapter names: a checkpoint folder as given, or a run
+    folder's newest checkpoint, refused while that run is unfinished (an SFT run still training would
+    otherwise hand over whichever checkpoint it had saved last)."""
     from . import checkpoint as ckpt
 
     path = ckpt.latest_path(where) or Path(where)
     if not (path / "adapter" / "adapter_model.safetensors").exists():
         raise FileNotFoundError(f"ModelConfig.init_adapter={where!r}: no complete checkpoint there "
                                 f"(give an SFT run folder or one of its checkpoints/step_N folders)")
-    ckpt.load_adapter(model, path)
+    cfg_file = Path(where) / "config.json"
+    if path != Path(where) and cfg_file.exists():
+        total, step = json.loads(cfg_file.read_text()).get("total_steps"), ckpt.latest(where)
+        if total is not None and step is not None and step < total:
+            raise ValueError(f"ModelConfig.init_adapter={where!r}: that run is at step {step} of {total}; "
+                             f"let it finish, or name a checkpoint folder ({path}) to start from it as it is")
+    return path
+
+
+def load_init_adapter(model, where: str) -> None:
+    """Load the adapter of a run's newest checkpoint (or of a checkpoint folder) into `model`."""
+    from . import checkpoint as ckpt
+
+    ckpt.load_adapter(model, init_adapter_path(where))
 
 
 def tiny_model(vocab_size: int = 49152, layers: int = 2, hidden: int = 64, heads: int = 4,

@@ -206,6 +206,10 @@ def test_model_init_adapter_starts_a_train_run_from_the_sft_adapter_and_resume_k
         trained = {n: p.detach().clone() for n, p in tr.model.named_parameters() if p.requires_grad}
     with Trainer.resume(tmp_path / "rl", steps=1, reward_fn=alternating_reward) as again:
         assert all(torch.equal(p, trained[n]) for n, p in again.model.named_parameters() if p.requires_grad)
+    part = S.SFTRun(tiny_sft(tmp_path / "part", steps=4, save_every=1))
+    part.train(steps=1)                                            # an SFT run that has not finished
+    with pytest.raises(ValueError, match="step 1 of 4"):
+        Trainer(tiny_cfg("model.lora_r=4", "model.lora_alpha=8", f"model.init_adapter={tmp_path / 'part'}"), tmp_path / "y")
     with pytest.raises(FileNotFoundError, match="init_adapter"):
         Trainer(tiny_cfg("model.init_adapter=" + str(tmp_path / "nowhere")), tmp_path / "x")
 
