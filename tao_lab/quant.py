@@ -1,27 +1,33 @@
 """An int8 copy of the policy for the rollout (RolloutConfig.quantize="int8"; off by default).
 
-On CPU the rollout's decode is bound by fp32 matmuls. `quantized_copy(model)` builds, once per
-rollout, a copy of the policy whose linear layers (q/k/v/o, MLP, lm_head) run int8 x int8 matmuls
-with int32 accumulation (fbgemm's dynamic-quantisation kernel, `torch.ops.quantized.linear_dynamic`):
-  - weights: int8, symmetric, one scale per output channel, taken from the policy's EFFECTIVE weight
-    W + s·BA (LoRA folded in here, so the copy is always the current policy; a peft layer that is
-    already merged contributes W alone);
-  - activations: quantised per call, per tensor, asymmetric uint8 with the range reduced to 7 bits
-    (reduce_range: safe on every x86 CPU, AVX2 included, whose int8 dot product can saturate at 8 bits).
-Everything else (embedding, norms, rotary embedding, attention, KV cache) stays fp32 and is shared
-with the policy, not copied. The copy is built under no_grad, used by the rollout and dropped.
+On CPU the rollout's decode is bound by fp32 matmuls. `quantized_copy(model)` builds, at every
+generate() call, a copy of the policy whose linear layers (q/k/v/o, MLP, lm_head) are Int8Linear:
+int8 x int8 matmuls with int32 accumulation (torch._int_mm, oneDNN's VNNI/AVX2 kernels):
+  - weights: int8, symmetric, one scale per output channel, from the policy's EFFECTIVE weight
+    W + s·BA (the LoRA adapter is folded in here, so the copy is always the current policy; a peft
+    layer that is already merged contributes W alone);
+  - activations: int8, symmetric, one scale per token, quantised at every call (why per token, not
+    per tensor: Int8Linear's docstring).
+Everything else (embedding, norms, rotary embedding, attention, the KV cache) stays fp32 and is
+shared with the policy, not copied; the engine (engine.KVEngine) runs the copy unchanged.
 
-Measured on this machine's CPU (benchmarks/rollout_throughput.py --quantize int8, 1 thread): see the
-README / the saved result for tok/s; building the copy of the embedded 135M model takes well under
-a second (rebuilt every step).
+Measured on the project machine, 1 thread, embedded SmolLM2-135M, decode at 32 rows: the weight
+matmuls 4.3x faster (torch profiler), a decode step ~1.9x; attention (SDPA) is then the largest
+cost. Whole rollouts: benchmarks/rollout_throughput.py --quantize int8 (README "Numbers").
+Building the copy reads every weight once: ~1-3 s for the embedded model on the shared machine,
+paid every step (RolloutStats.quantize_s, inside the rollout's wall time).
 
-The sampler is then not the policy: its token log-probs differ from the fp32 policy's (mean
-|Δlogp| ~1e-2 on the embedded model). The update corrects for it with truncated importance
-sampling (UpdateConfig.is_correction="tis", loss.truncated_is_weights) [code: TRL's
-vllm_importance_sampling_correction, verl's rollout correction]; TrainConfig refuses int8 without it.
+The sampler is then not the policy: KL(fp32 || int8) ≈ 0.017 nats per position on a few-shot
+prompt, so its token log-probs differ from the policy's. The update corrects for it with truncated
+importance sampling (UpdateConfig.is_correction="tis", loss.truncated_is_weights) [code: TRL's
+vllm_importance_sampling_correction, verl's rollout correction]; the Trainer refuses int8 without it
+(trainer.check_sampler). Off by default until a learning-curve comparison against fp32 rollouts
+shows the corrected int8 run learns as well.
 
-Not covered: CUDA (fbgemm is a CPU kernel; a CUDA model is refused), 4-bit base layers, weight-only
-int8 (torch._weight_int8pack_mm: 2-10x slower than fp32 here with fp32 activations), bf16.
+Not covered: CUDA (a CUDA model is refused), 4-bit / 8-bit base layers, caching the frozen
+lm_head's int8 copy across steps. Measured and not used: fbgemm's per-tensor dynamic quantisation
+(quantize_dynamic: as fast, far less accurate), weight-only int8 (torch._weight_int8pack_mm: slower
+than fp32 here at 32 rows), bf16 (needs AVX512-BF16; mixed speed).
 """
 
 from __future__ import annotations
