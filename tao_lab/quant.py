@@ -58,18 +58,20 @@ class Int8Linear(nn.Module):
     everyone else's (measured: KL(fp32 || int8) over 60 prompt positions 0.65 with fbgemm's
     per-tensor dynamic quantisation, 0.017 per token; speed about the same).
 
-    `weight` keeps a reference to the fp32 weight it was built from (shared, no copy): code that
-    reads a linear layer's shape, dtype or device (engine.KVEngine, rollout's vocabulary size) sees
-    the policy's; the forward never reads it.
+    `weight` is a reference to the policy's fp32 parameter (`like`; for a LoRA layer its base W,
+    without the adapter), shared, never copied: code that reads a linear layer's shape, dtype or
+    device (engine.KVEngine, rollout's vocabulary size) sees the policy's; the forward never reads it.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Parameter | None = None):
         super().__init__()
         if weight.device.type != "cpu":
             raise ValueError(f"RolloutConfig.quantize='int8' is a CPU path (torch._int_mm); the model is on "
                              f"{weight.device}: use quantize='none' there")
         self.out_features, self.in_features = weight.shape
-        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight, requires_grad=False)
+        if like is None:
+            like = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight.detach(), requires_grad=False)
+        self.weight = like
         q, scale = int8_rows(weight.detach().float())              # per output channel = per row of W
         self.register_buffer("w_int8_t", q.t(), persistent=False)   # (in, out) view: _int_mm's fast layout
         self.register_buffer("w_scale", scale.reshape(1, -1), persistent=False)   # (1, out)
@@ -112,7 +114,8 @@ def _quantized_tree(module: nn.Module) -> tuple[nn.Module, int]:
     shared, its tables are new); a LoRA layer is replaced whole, so its adapter modules are
     never copied. (copy.deepcopy with shared tensors took ~0.9 s for the embedded model.)"""
     if isinstance(module, nn.Linear) or _is_lora_linear(module):
-        return Int8Linear(*effective_weight(module)), 1
+        like = module.weight if isinstance(module, nn.Linear) else module.base_layer.weight
+        return Int8Linear(*effective_weight(module), like=like), 1
     if type(module).__name__ in ("Linear4bit", "Linear8bitLt") or hasattr(module, "lora_A"):
         raise ValueError(f"RolloutConfig.quantize='int8' cannot quantise {type(module).__name__}; "
                          "it needs float nn.Linear base layers (not 4-bit or 8-bit)")
