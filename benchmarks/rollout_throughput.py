@@ -7,6 +7,12 @@ plain generation without tools. Both sides are forced to produce exactly 128 tok
 Also measures this machine's fp32 matmul rate and the fraction of it each decode loop reaches.
 
     .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--new-tokens 128] [--threads N]
+                                                      [--quantize int8]
+
+--quantize int8 adds a third arm, tao_lab's rollout from the int8 copy of the model (quant.py; the
+copy is rebuilt in every repeat and its build time counts, as in training), and reports how far its
+sampled tokens' log-probs are from the fp32 policy's: mean |Δlogp| and the truncated importance
+weights min(π_fp32/π_int8, 2) the update would apply (loss.truncated_is_weights).
 """
 
 from __future__ import annotations
@@ -58,13 +64,35 @@ def run_hf(model, tok, prompts, G, new_tokens, seed):
     return n_new, dt
 
 
-def run_tao(model, tok, tasks, prompts, G, new_tokens, seed):
+def run_tao(model, tok, tasks, prompts, G, new_tokens, seed, quantize="none", keep=None):
     cfg = RolloutConfig(group_size=G, max_new_tokens=new_tokens, temperature=1.0, tools=False,
-                        ignore_eos=True, seed=seed)
+                        ignore_eos=True, seed=seed, quantize=quantize)
     t = time.perf_counter()
     trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
     dt = time.perf_counter() - t
+    if keep is not None:
+        keep.extend(trajs)
     return stats.sampled_tokens, dt
+
+
+def logprob_gap(model, tok, trajs) -> dict:
+    """The fp32 policy's log-probs of the int8 sampler's tokens, one training-style forward per
+    prompt: mean / max |Δlogp| and the truncated IS weights' statistics over the sampled tokens."""
+    from tao_lab.loss import truncated_is_weights
+    from tao_lab.update import collate, forward_logprobs, plan_micro_batches
+
+    diffs, policy, sampler, masks = [], [], [], []
+    with torch.no_grad():
+        for idx in plan_micro_batches(trajs, 8, share_prompt=True):
+            mb = collate([trajs[i] for i in idx], [1.0] * len(idx), tok.pad_token_id, "cpu", share_prompt=True)
+            logp, _ = forward_logprobs(model, mb, 1.0, 128, entropy_grad=False)
+            m = mb.mask > 0
+            diffs.append((logp - mb.old_logp)[m].abs())
+            policy.append(logp[m]), sampler.append(mb.old_logp[m]), masks.append(mb.mask[m])
+    d = torch.cat(diffs)
+    _, isw = truncated_is_weights(torch.cat(policy)[None], torch.cat(sampler)[None], torch.cat(masks)[None], 2.0)
+    return {"tokens": d.numel(), "abs_logp_diff_mean": float(d.mean()), "abs_logp_diff_p99": float(d.quantile(0.99)),
+            "abs_logp_diff_max": float(d.max()), **{k.replace("loss/", ""): v for k, v in isw.items()}}
 
 
 def main():
@@ -77,6 +105,8 @@ def main():
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for both sides (0 = torch's default). On a shared, busy machine "
                          "1 avoids OpenMP spin-wait collapse; the ratio is what to read")
+    ap.add_argument("--quantize", choices=("none", "int8"), default="none",
+                    help="int8: add an arm sampling from the int8 copy of the model (quant.py)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,17 +120,23 @@ def main():
     # warm-up both (first calls pay one-off allocation / trigger-table costs)
     run_tao(model, tok, tasks, prompts, 2, 8, 0)
     run_hf(model, tok, prompts[:1], 2, 8, 0)
+    arms = [("transformers.generate", lambda rep: run_hf(model, tok, prompts, args.group, args.new_tokens, rep)),
+            ("tao_lab.rollout", lambda rep: run_tao(model, tok, tasks, prompts, args.group, args.new_tokens, rep))]
+    int8_trajs: list = []
+    if args.quantize == "int8":
+        run_tao(model, tok, tasks, prompts, 2, 8, 0, quantize="int8")
+        arms.append(("tao_lab.rollout int8", lambda rep: run_tao(model, tok, tasks, prompts, args.group,
+                                                                  args.new_tokens, rep, "int8", int8_trajs)))
     rows = []
-    for rep in range(args.repeats):  # interleave so machine noise hits both sides alike
-        for name, fn in (("transformers.generate", lambda: run_hf(model, tok, prompts, args.group, args.new_tokens, rep)),
-                         ("tao_lab.rollout", lambda: run_tao(model, tok, tasks, prompts, args.group, args.new_tokens, rep))):
+    for rep in range(args.repeats):  # interleave so machine noise hits every arm alike
+        for name, fn in ((n, lambda f=f: f(rep)) for n, f in arms):
             n_tok, dt = fn()
             rows.append({"impl": name, "rep": rep, "tokens": n_tok, "seconds": dt, "tokens_per_s": n_tok / dt})
             print(f"{name:24s} rep {rep}: {n_tok} tokens in {dt:6.2f} s = {n_tok / dt:7.1f} tok/s", flush=True)
     ctx = sum(plen) / len(plen) + args.new_tokens / 2
     fpt = flops_per_token(model, int(ctx))
     summary = {}
-    for name in ("transformers.generate", "tao_lab.rollout"):
+    for name, _ in arms:
         best = max(r["tokens_per_s"] for r in rows if r["impl"] == name)
         summary[name] = {"tokens_per_s": best, "gflops": best * fpt / 1e9,
                          "fraction_of_matmul_peak": best * fpt / 1e9 / gflops}
@@ -111,6 +147,16 @@ def main():
               "machine": {"platform": platform.platform(), "fp32_matmul_gflops": gflops,
                           "torch": torch.__version__},
               "runs": rows, "summary": summary, "speedup": speedup}
+    if int8_trajs:
+        base = summary["tao_lab.rollout"]["tokens_per_s"]
+        per_rep = [next(r["tokens_per_s"] for r in rows if r["impl"] == "tao_lab.rollout int8" and r["rep"] == k)
+                   / next(r["tokens_per_s"] for r in rows if r["impl"] == "tao_lab.rollout" and r["rep"] == k)
+                   for k in range(args.repeats)]      # neighbours in time: the least noisy reading
+        result["int8"] = {"speedup_vs_fp32": summary["tao_lab.rollout int8"]["tokens_per_s"] / base,
+                          "speedup_vs_fp32_per_repeat": per_rep,
+                          "speedup_vs_generate": summary["tao_lab.rollout int8"]["tokens_per_s"]
+                          / summary["transformers.generate"]["tokens_per_s"],
+                          "logprob_gap": logprob_gap(model, tok, int8_trajs)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -119,6 +165,13 @@ def main():
     for name, s in summary.items():
         print(f"{name:24s} {s['tokens_per_s']:8.1f} {s['gflops']:8.1f} {100 * s['fraction_of_matmul_peak']:6.1f}%")
     print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {out}")
+    if int8_trajs:
+        q = result["int8"]
+        print(f"int8 / tao_lab fp32: {q['speedup_vs_fp32']:.2f}x (best of each; per repeat "
+              + ", ".join(f"{x:.2f}x" for x in q["speedup_vs_fp32_per_repeat"])
+              + f")   int8 / transformers: {q['speedup_vs_generate']:.2f}x")
+        print("int8 sampler vs fp32 policy on its sampled tokens: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in q["logprob_gap"].items()))
 
 
 if __name__ == "__main__":

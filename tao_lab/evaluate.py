@@ -63,7 +63,7 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
     """Roll out k samples per task, score them; Avg@k, Pass@k (unbiased) and tool telemetry.
     `progress`: a tqdm bar (with ETA) over the k x tasks episodes."""
     rcfg = replace(rollout, group_size=cfg.k, temperature=cfg.temperature, max_turns=cfg.max_turns,
-                   max_new_tokens=cfg.max_new_tokens)
+                   max_new_tokens=cfg.max_new_tokens, quantize="none")   # the policy itself, never its int8 copy
     t0 = time.perf_counter()
     trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge, progress=progress)
     bfcl_tasks = bool(tasks) and all((t.meta or {}).get("format") == "bfcl" for t in tasks)

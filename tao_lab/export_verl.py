@@ -272,6 +272,10 @@ def not_carried(cfg: TrainConfig) -> list[tuple[str, str]]:
     lose(cfg.reward != RewardConfig(), "reward (non-default)",
          "the plugin's reward function scores with tao_lab.rewards' defaults")
     lose(not cfg.rollout.tools, "rollout.tools=False", "the plugin's agent loop always runs the tool")
+    lose(cfg.rollout.quantize != "none", f"rollout.quantize={cfg.rollout.quantize}",
+         "tao_lab's int8 copy is a CPU rollout path; verl samples with its own rollout engine")
+    lose(cfg.update.is_correction != "none", f"update.is_correction={cfg.update.is_correction}",
+         "not mapped onto verl's own rollout-correction keys; exported without the correction")
     lose(cfg.method in HOOKS, f"method={cfg.method} hooks",
          f"{cfg.method}'s prompt source / reward / advantage hooks have no verl counterpart in the plugin")
     lose(cfg.model.name in HF_IDS, f"model.name={cfg.model.name}",

@@ -12,6 +12,11 @@ replaced by (1+ε_high)·ρ/stopgrad(ρ) — the same forward value as the clip,
 "Gated" is the gate the shaping used (advantages.effective_gate: post-tool or all tokens, with the
 empty-gate fallback), which update_policy passes in.
 
+Truncated importance sampling [code, off by default]: when the sampler is not the policy (an int8
+rollout copy, quant.py), L_t is multiplied by w_t = min(π_old/π_sampler, C) (truncated_is_weights;
+TRL's vllm_importance_sampling_correction, verl's rollout correction); ρ_t then uses the trained
+policy's own π_old (update.py computes it in the first pass), not the sampler's log-probs.
+
 Entropy regulariser [code, off by default]: L -= entropy_coeff · agg(H_t) (verl's entropy_coeff;
 the TAO-RL authors' train.sh sets 0.001, the paper does not mention it; default 0 = the paper).
 
@@ -33,6 +38,7 @@ micro-batch by its share of the aggregation's denominator).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -110,9 +116,37 @@ def k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
     return torch.exp(d) - d - 1
 
 
+def truncated_is_weights(policy_logp: Tensor, sampler_logp: Tensor, mask: Tensor,
+                         cap: float) -> tuple[Tensor, dict[str, float]]:
+    """Token-level truncated importance weights w_t = min(π_old(y_t) / π_sampler(y_t), cap) (no grad).
+
+    policy_logp:  (B, T) log π_old, the trained policy before this update's first step
+    sampler_logp: (B, T) log-probs recorded by the sampler (e.g. the int8 rollout copy, quant.py)
+    mask:         (B, T) loss weights; where it is 0 the weight is 1 (those tokens leave the loss anyway)
+    Returns ((B, T) weights, metrics over the trainable tokens: the raw ratio's mean / min / max, the
+    truncated weight's mean, the fraction truncated). Equal log-probs give weights of exactly 1.
+    [code: TRL's vllm_importance_sampling_correction ("token_truncate"), verl's rollout TIS]
+    """
+    if policy_logp.shape != sampler_logp.shape or mask.shape != policy_logp.shape:
+        raise ValueError(f"policy_logp {tuple(policy_logp.shape)}, sampler_logp {tuple(sampler_logp.shape)} "
+                         f"and mask {tuple(mask.shape)} must all be the same (B, T)")
+    m = mask > 0
+    log_ratio = torch.where(m, (policy_logp - sampler_logp).detach().float(), torch.zeros_like(mask, dtype=torch.float32))
+    w = torch.exp(log_ratio.clamp(max=math.log(cap)))      # = min(ratio, cap) without overflowing
+    ratio = torch.exp(log_ratio)
+    metrics = {
+        "loss/is_ratio_mean": _wmean(ratio, m),
+        "loss/is_ratio_min": float(ratio[m].min()) if m.any() else float("nan"),
+        "loss/is_ratio_max": float(ratio[m].max()) if m.any() else float("nan"),
+        "loss/is_weight_mean": _wmean(w, m),
+        "loss/is_truncated_frac": _wmean((log_ratio > math.log(cap)).float(), m),
+    }
+    return w.to(policy_logp.dtype), metrics
+
+
 def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: LossConfig | None = None,
                 *, ref_logp: Tensor | None = None, gate: Tensor | None = None,
-                entropy: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+                entropy: Tensor | None = None, is_weight: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Clipped-surrogate policy loss (scalar, differentiable in logp) and its metrics.
 
     logp:     (B, T) log π_θ of the sampled tokens (from the training forward, with grad)
@@ -124,6 +158,9 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: 
     ref_logp: (B, T) log π_ref, needed when cfg.beta > 0 (also reported when given)
     gate:     (B, T) post-tool gate, needed when cfg.anti_clip
     entropy:  (B, T) token entropy, only reported in the metrics
+    is_weight: (B, T) truncated importance weights π_old / π_sampler (truncated_is_weights), no grad:
+              each token's clipped loss is multiplied by its weight before aggregation, the
+              aggregation's denominator unchanged (TRL); None = 1, the sampler is the policy
     """
     cfg = cfg or LossConfig()
     if logp.dim() != 2 or old_logp.shape != logp.shape or mask.shape != logp.shape:
@@ -155,6 +192,10 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, cfg: 
         cap = -adv * cfg.dual_clip
         dual = (adv < 0) & (loss_tok > cap) & m
         loss_tok = torch.where(adv < 0, torch.minimum(loss_tok, cap), loss_tok)
+    if is_weight is not None:
+        if is_weight.shape != logp.shape:
+            raise ValueError(f"is_weight {tuple(is_weight.shape)} must be (B, T) = {tuple(logp.shape)}")
+        loss_tok = loss_tok * is_weight.detach().to(logp.dtype)
     # Masked positions (padding, tool output) may hold any log-prob, even inf: zero them, since
     # nan * 0 would still poison the sum.
     loss_tok = torch.where(m, loss_tok, torch.zeros_like(loss_tok))

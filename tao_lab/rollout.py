@@ -38,6 +38,7 @@ from typing import Sequence
 import torch
 
 from .engine import KVEngine, make_engine
+from .quant import QUANTIZE_MODES, rollout_model
 from .branches import BranchPolicy, Prefix
 from .records import ToolCall, Trajectory, post_tool_gate
 from .sandbox.common import DEFAULT_TIMEOUT_S
@@ -64,6 +65,8 @@ class RolloutConfig:
     backend: str = "auto"            # "kv" (fast, Llama-family), "recompute" (any model), "auto"
     seed: int | None = None          # sampling seed; None = torch's global RNG
     ignore_eos: bool = False         # benchmarks only: keep sampling past end-of-sequence
+    quantize: str = "none"           # "int8": sample from an int8 copy of the policy (quant.py; needs
+    #                                  UpdateConfig.is_correction="tis" in training); "none": the policy
 
     def __post_init__(self):
         from . import checks
@@ -82,6 +85,7 @@ class RolloutConfig:
         checks.choice(self, "backend", ("auto", "kv", "recompute"))   # engine.make_engine's variants
         checks.number(self, "seed", lo=0, integer=True, none_ok=True)
         checks.flag(self, "tools", "silent_is_failure", "ignore_eos")
+        checks.choice(self, "quantize", QUANTIZE_MODES)
 
 
 @dataclass
@@ -101,6 +105,7 @@ class RolloutStats:
     n_branches: int = 0              # forks at a position > 0 (branch_policy)
     fresh_rows: int = 0              # forks at position 0: new rows from the prompt
     branch_refused: int = 0          # forks refused: no free row, unknown source, or bad position
+    quantize_s: float = 0.0          # building the int8 copy (RolloutConfig.quantize); part of wall_s
     finish: dict = field(default_factory=dict)
 
     @property
@@ -285,6 +290,8 @@ def generate(model, tokenizer, tasks: Sequence, cfg: RolloutConfig, *, pool=None
         pool = SandboxPool(config=SandboxConfig(timeout_s=cfg.tool_timeout_s))
     t0 = time.perf_counter()
     try:
+        model = rollout_model(model, cfg.quantize)   # "int8": a quantised copy, rebuilt every call
+        quantize_s = time.perf_counter() - t0
         ro = _Rollout(model, tokenizer, tasks, prompts, cfg, pool, group_offset, prefixes,
                       branch_policy, max_rows)
         trajs = ro.run(progress)
@@ -292,6 +299,7 @@ def generate(model, tokenizer, tasks: Sequence, cfg: RolloutConfig, *, pool=None
         if own_pool:
             pool.close()
     stats = ro.stats
+    stats.quantize_s = quantize_s
     for tr in trajs:
         tr.text = tokenizer.decode(tr.token_ids, skip_special_tokens=True)
         stats.finish[tr.finish_reason] = stats.finish.get(tr.finish_reason, 0) + 1

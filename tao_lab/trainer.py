@@ -169,6 +169,18 @@ class TrainConfig:
         checks.number(self, "seed", lo=0, integer=True)
 
 
+def check_sampler(cfg: TrainConfig) -> None:
+    """A rollout that does not sample from the policy itself needs the off-policy correction.
+
+    An error, not a warning: without it the int8 sampler's log-probs would enter the loss as the
+    old log-probs, so the first pass's ratio would clip on quantisation noise and the gradient be
+    biased, silently. (Checked by the Trainer at start and at every step, not in TrainConfig, so
+    that `--set` overrides may name the two fields in either order.)"""
+    if cfg.rollout.quantize != "none" and cfg.update.is_correction == "none":
+        raise ValueError(f"rollout.quantize={cfg.rollout.quantize!r} samples from a quantised copy, not the "
+                         "policy: set update.is_correction='tis' (truncated importance sampling)")
+
+
 # The stage sections of TrainConfig and their dataclasses (used by config_from_dict and --set).
 SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "reward": RewardConfig,
@@ -250,7 +262,9 @@ def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: i
     model.eval()
     extra = {} if batch is None else {"prompts": batch.prompts, "prefixes": batch.prefixes,
                                       "branch_policy": batch.branch_policy, "max_rows": batch.max_rows}
-    with torch.no_grad(), merged_adapter(model, merge):
+    # RolloutConfig.quantize="int8" folds LoRA into its int8 copy itself (quant.effective_weight):
+    # merging first would only copy the base weights once more
+    with torch.no_grad(), merged_adapter(model, merge and cfg.quantize == "none"):
         return generate(model, tok, tasks if batch is None else batch.tasks, replace(cfg, seed=seed),
                         pool=pool, group_offset=group_offset, progress=progress, **extra)
 
@@ -330,6 +344,7 @@ class Trainer:
                  tasks: Sequence | None = None, prompt_source=None, reward_fn: Callable | None = None,
                  advantage_fn: Callable | None = None,
                  on_step: Callable[[StepLog], None] | None = None, pool=None, write_config: bool = True):
+        check_sampler(cfg)
         self.cfg = cfg
         if write_config:   # a new run: never into a folder that holds one (tao_lab/rundir.py)
             rundir.check_fresh(run_dir or cfg.run.out_dir)
@@ -441,7 +456,7 @@ class Trainer:
         """The config as it stands now (a notebook may have changed it) is validated, its changes
         are recorded as taking effect at step s, and optimizer changes reach the optimizer."""
         now = config_to_dict(self.cfg)
-        config_from_dict(now)     # every section's checks again (an in-place edit skipped them); self.cfg
+        check_sampler(config_from_dict(now))   # every section's checks again (an in-place edit skipped them); self.cfg
         changes = self.config_log.check(now, s)   # stays the object the caller may still be editing
         apply_optim_changes(changes, self.optimizer, self.scheduler)
         return changes

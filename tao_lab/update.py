@@ -19,6 +19,10 @@ Deviations and choices, stated here once:
     scaled by its share of the aggregation's denominator (trainable-token weight for token_mean,
     sequences for seq_mean_token_mean, rows for drgrpo with a fixed max_len), not by 1/n_micro.
     (ShapingConfig.z_scope="micro_batch" depends on micro-batch composition by design.)
+  - Off-policy correction (UpdateConfig.is_correction="tis", off by default): when the sampler is not
+    the policy (RolloutConfig.quantize="int8"), the first pass's own forward supplies π_old (no extra
+    forward; the optimizer steps only after it) and each token's loss is weighted by
+    min(π_old / π_sampler, is_cap) (loss.truncated_is_weights; loss/is_* metrics).
   - KL (LossConfig.beta > 0) uses the adapter-disabled model as the reference (`disable_adapter()`):
     one extra no-grad forward per micro-batch, no second copy of the weights.
   - Prompt sharing (UpdateConfig.share_prompt, on by default): a micro-batch holds rows of ONE
@@ -41,12 +45,15 @@ import torch
 from . import filters as filters_mod
 from .advantages import (DEFAULT_STD, STD_MODES, ShapingConfig, effective_gate, group_advantages,
                          shape_advantages, token_logprobs_and_entropy)
-from .loss import LossConfig, policy_loss
+from .loss import LossConfig, policy_loss, truncated_is_weights
 from .metrics import merge_metrics
 from .records import Trajectory
 
 # ----------------------------------------------------------------------------------------------
 # Config
+
+
+IS_CORRECTIONS = ("none", "tis")   # the off-policy corrections _micro_step dispatches on
 
 
 @dataclass
@@ -58,6 +65,9 @@ class UpdateConfig:
     adv_std: str = DEFAULT_STD       # group_advantages std: "unbiased" | "biased" | "none" | "batch"
     share_prompt: bool = True        # run each prompt once per micro-batch, reuse its KV for its rows (exact)
     logit_chunk: int = 128           # rows of (tokens, V) logits turned to log-probs at once
+    is_correction: str = "none"      # "tis": weight each token by min(π_old/π_sampler, is_cap), for a
+    #                                  sampler that is not the policy (RolloutConfig.quantize="int8")
+    is_cap: float = 2.0              # C of the truncation (TRL's vllm_importance_sampling_cap)
 
     def __post_init__(self):
         from . import checks
@@ -66,6 +76,8 @@ class UpdateConfig:
             checks.number(self, name, lo=1, integer=True)
         checks.choice(self, "adv_std", STD_MODES)
         checks.flag(self, "share_prompt")
+        checks.choice(self, "is_correction", IS_CORRECTIONS)
+        checks.number(self, "is_cap", lo=1, hi=1e6)       # C < 1 would down-weight on-policy tokens too
 
 
 # ----------------------------------------------------------------------------------------------
@@ -148,6 +160,8 @@ class MicroBatch:
     gate: torch.Tensor               # (b, L) post-tool gate
     prefix_ids: torch.Tensor | None = None  # (1, P) the shared prompt (shared layout only)
     adv: torch.Tensor | None = None  # (b, L) per-token advantage before shaping (when collate got row_adv)
+    policy_logp: torch.Tensor | None = None  # (b, L) π_old of the trained policy, set by the first pass
+    #                                          under UpdateConfig.is_correction="tis"
 
 
 def _completion_rows(trajs: list[Trajectory], weights: list[float], row_adv: torch.Tensor | None,
@@ -316,8 +330,18 @@ def _micro_step(model, mb: MicroBatch, *, cfg: UpdateConfig, shaping: ShapingCon
     if loss_cfg.beta > 0:
         with torch.no_grad(), model.disable_adapter():      # reference = base model, no copy
             ref_logp, _ = forward_logprobs(model, mb, temperature, cfg.logit_chunk, False)
-    loss_mb, lmetrics = policy_loss(logp, mb.old_logp, adv_t, mb.mask, loss_cfg, ref_logp=ref_logp,
-                                    gate=gate, entropy=ent)
+    old_logp, is_weight, is_metrics = mb.old_logp, None, {}
+    if cfg.is_correction == "tis":
+        # π_old is the trained policy before this update's first optimizer step: this very forward in
+        # the first pass (no extra forward), kept for later epochs. The rollout's log-probs are the
+        # sampler's; they only enter through the truncated weight.
+        if mb.policy_logp is None:
+            mb.policy_logp = logp.detach()
+        old_logp = mb.policy_logp
+        is_weight, is_metrics = truncated_is_weights(old_logp, mb.old_logp, mb.mask, cfg.is_cap)
+    loss_mb, lmetrics = policy_loss(logp, old_logp, adv_t, mb.mask, loss_cfg, ref_logp=ref_logp,
+                                    gate=gate, entropy=ent, is_weight=is_weight)
+    lmetrics.update(is_metrics)
     m = mb.mask > 0
     g = (gate > 0) & m & (mb.adv != 0)
     return loss_mb, {**lmetrics, **smetrics}, (logp.detach() - mb.old_logp)[m].abs(), \

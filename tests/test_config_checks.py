@@ -44,6 +44,8 @@ BAD = [
     (LossConfig, "beta", INF, "finite"),
     (UpdateConfig, "adv_std", "sample", "'unbiased'"), (UpdateConfig, "micro_batch_size", 0, "[1, inf]"),
     (UpdateConfig, "share_prompt", "false", "True or False"),
+    (RolloutConfig, "quantize", "int4", "'int8'"), (UpdateConfig, "is_correction", "vtrace", "'tis'"),
+    (UpdateConfig, "is_cap", 0.5, "[1, 1000000.0]"),
 ]
 
 
