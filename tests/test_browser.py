@@ -1,6 +1,8 @@
-"""JupyterLab in headless Chromium: notebook 04 runs, its charts render offline, the panel is live.
+"""Headless Chromium: notebook 04 in JupyterLab (charts render offline, the panel is live), and the
+HTML report of a tiny real run opened from disk with the network blocked (last test; its checks are
+in its body: headline, section titles, table width at 1100 px, distinct episodes, collapsible config).
 
-What it does, step by step (each wait has its own timeout and failure message):
+Notebook 04 in JupyterLab, step by step (each wait has its own timeout and failure message):
   1. copies notebooks/04_entropy.ipynb into a temp folder and writes a run store there from
      tests/runstore_fixture.py, so the notebook loads stored episodes instead of sampling (the
      nbclient smoke test covers sampling; this test is about the browser);
