@@ -3,8 +3,9 @@ alone and beside one busy loop at higher priority (issue 17 §1).
 
 What runs: the notebook's own cells, read from notebooks/02_rollouts.ipynb (imports, model, tasks,
 the rollout cell: zero-shot then few-shot, tools on, a sandbox pool), with one cell inserted after
-the imports that sets the size (default 4 tasks x G = 8 x 192 new tokens, about 45 s on a quiet
-core; the notebook's full size is 8 x 8 x 320). Only the rollout cell is timed.
+the imports that sets the size (default 4 tasks x G = 8 x 192 new tokens: 6,471 sampled tokens,
+30-45 s at issue 17's quiet 150-200 tok/s; 200 s on the shared project machine at load 6-9; the
+notebook's full size is 8 x 8 x 320). Only the rollout cell is timed.
 
 The same cells run two ways, each in a fresh process:
   script  `python program.py`, the cells joined into one file;
