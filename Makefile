@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMPS := .stamps
 export TAO_LAB_HOME ?= $(HOME)/.cache/tao_lab
 
-.PHONY: setup model demo test test-fast test-browser lab bench docs clean verl test-verl
+.PHONY: setup model demo test test-fast test-browser lab bench docs screenshots clean verl test-verl
 
 setup: $(STAMPS)/venv $(STAMPS)/apt
 
@@ -57,6 +57,12 @@ docs: setup model
 	  TAO_LAB_SMOKE=$(SMOKE) $(VENV)/bin/jupyter nbconvert --to html \
 	    --execute --ExecutePreprocessor.timeout=3600 --output-dir docs "$$nb" || exit 1; \
 	done
+
+# The README's pictures (docs/img/): notebook 04 executed at smoke size, and the report of RUN (default:
+# make demo's run). Headless Chromium, network blocked.
+RUN ?= runs/demo
+screenshots: setup model
+	$(PY) scripts/screenshots.py --run $(RUN)
 
 bench: setup model
 	$(PY) benchmarks/sandbox_throughput.py

@@ -1,6 +1,8 @@
-"""JupyterLab in headless Chromium: notebook 04 runs, its charts render offline, the panel is live.
+"""Headless Chromium: notebook 04 in JupyterLab (charts render offline, the panel is live), and the
+HTML report of a tiny real run opened from disk with the network blocked (last test; its checks are
+in its body: headline, section titles, table width at 1100 px, distinct episodes, collapsible config).
 
-What it does, step by step (each wait has its own timeout and failure message):
+Notebook 04 in JupyterLab, step by step (each wait has its own timeout and failure message):
   1. copies notebooks/04_entropy.ipynb into a temp folder and writes a run store there from
      tests/runstore_fixture.py, so the notebook loads stored episodes instead of sampling (the
      nbclient smoke test covers sampling; this test is about the browser);
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -214,3 +217,126 @@ def test_notebook_04_renders_charts_offline_and_its_panel_redraws_when_the_slide
     vega_cdn = [u for u in external if "vega" in u or "jsdelivr" in u]
     assert not vega_cdn, f"the charts tried to load vega from the network: {vega_cdn[:3]}"
     assert not external, f"the page made requests off localhost (blocked): {external[:5]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The HTML report (issue 17 §5), opened from disk in headless Chromium with the network blocked.
+
+REPORT_SECTIONS = ["Is the policy improving?", "What did the filters drop, and why?",
+                   "Is the policy less certain after tool output?",
+                   "Entropy by distance from the tool output (last step)", "Where does a step spend its time?",
+                   "Held-out evaluation", "Episodes of the last step", "Config"]
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    """A real run of the tiny random model (2 steps of TAO-RL's loop, a held-out evaluation before and
+    after, as `tao-lab demo` does) and its report.html. The alternating reward (train_helpers) keeps
+    every group informative, so both steps update; the random model's episodes all differ."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make setup does)")
+    pytest.importorskip("playwright.sync_api")
+    from train_helpers import alternating_reward, tiny_cfg
+
+    from tao_lab.evaluate import EvalConfig, evaluate, save_eval
+    from tao_lab.report import write_report
+    from tao_lab.tasks import load_tasks
+    from tao_lab.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("report") / "tiny_run"
+    cfg = tiny_cfg("run.steps=2")
+    ecfg = EvalConfig(tasks="arith-L1", limit=3, k=2, max_new_tokens=8, max_turns=1)
+    held_out = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
+    with Trainer(cfg, out, reward_fn=alternating_reward) as tr:
+        for phase in ("before", "after"):
+            if phase == "after":
+                tr.train()
+            trajs, m = evaluate(tr.model, tr.tok, held_out, ecfg, cfg.rollout, pool=tr.pool)
+            save_eval(out, f"step_{tr.state.step:06d}", trajs, m, config={"eval": ecfg.__dict__})
+    return write_report(out)
+
+
+# Requests a page from disk may make: itself, inline data, nothing else.
+LOCAL_SCHEMES = ("file:", "data:", "blob:", "about:")
+
+
+def test_the_report_opens_offline_with_its_headline_sections_fitting_table_and_distinct_episodes(tiny_report):
+    from playwright.sync_api import sync_playwright
+
+    requested: list[str] = []
+
+    def offline_only(route):
+        if route.request.url.startswith(LOCAL_SCHEMES):
+            route.continue_()
+        else:
+            requested.append(route.request.url)
+            route.abort()
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})   # the page's own max width
+        page.route("**/*", offline_only)
+        page_errors: list[str] = []
+        page.on("pageerror", lambda e: page_errors.append(str(e)))
+        try:
+            page.goto(tiny_report.as_uri(), timeout=60 * SECOND)
+            page.wait_for_function("() => document.querySelectorAll('.chart svg').length >= 1", timeout=60 * SECOND)
+            page.wait_for_timeout(300)   # vegaEmbed draws the charts one after another
+
+            # offline: nothing requested, and no element points off the page
+            links = page.evaluate("""() => [...document.querySelectorAll('[src], [href]')]
+                .map(e => e.getAttribute('src') || e.getAttribute('href'))
+                .filter(u => /^(https?:)?\\/\\//.test(u))""")
+            assert not links, f"the report links to the network: {links[:5]}"
+            assert not page_errors, f"a script on the page failed: {page_errors[:3]}"
+            charts = page.evaluate("""() => [...document.querySelectorAll('.chart')].map(d =>
+                ({svg: d.querySelectorAll('svg path, svg rect, svg line').length, text: d.innerText}))""")
+            assert charts and all(c["svg"] > 5 for c in charts), f"a chart did not draw: {charts}"
+
+            # the headline: what ran and what it did, in words
+            h1 = page.inner_text("h1")
+            assert h1.startswith("tao on arith-L1"), h1
+            facts = dict(page.evaluate("""() => [...document.querySelectorAll('.kv span')]
+                .map(s => [s.querySelector('b').innerText, s.innerText.slice(s.querySelector('b').innerText.length).trim()])"""))
+            assert facts["method"] == "tao" and facts["model"] == "tiny-random" and facts["tasks"] == "arith-L1"
+            assert facts["steps"] == "2", facts
+            held = facts["held-out avg@2"]
+            assert re.fullmatch(r"\d\.\d{3} → \d\.\d{3} \(6 samples; before training → after step 2\)", held), held
+
+            # the sections, with human titles, in order
+            titles = page.evaluate("() => [...document.querySelectorAll('h2')].map(h => h.innerText)")
+            assert titles == REPORT_SECTIONS, titles
+
+            # the held-out table fits the page: no horizontal scroll anywhere at 1100 px
+            widths = page.evaluate("""() => ({page: document.documentElement.scrollWidth,
+                view: document.documentElement.clientWidth,
+                table: document.querySelector('h2 + table.t, h2 + .dataframe, table.dataframe').getBoundingClientRect().right,
+                body: document.body.getBoundingClientRect().right})""")
+            assert widths["page"] <= widths["view"], f"the page scrolls sideways: {widths}"
+            assert widths["table"] <= widths["body"] + 1, f"the held-out table is wider than the page: {widths}"
+            rows = page.evaluate("() => [...document.querySelectorAll('table.dataframe tbody tr')].map(r => r.cells[0].innerText)")
+            assert rows == ["before training", "after step 2"], rows
+
+            # distinct example episodes: different headings, different token text
+            episodes = page.evaluate("""() => [...document.querySelectorAll('h4')].map(h => {
+                let e = h.nextElementSibling;          // each token view comes with its <style>
+                while (e && e.tagName !== 'H4' && !e.matches('.tl-view')) e = e.nextElementSibling;
+                return {head: h.innerText, body: e && e.matches('.tl-view') ? e.innerText : ''}; })""")
+            assert len(episodes) >= 2, episodes
+            assert len({e["head"] for e in episodes}) == len(episodes)
+            assert all(len(e["body"]) > 20 for e in episodes), f"an episode shows no tokens: {episodes}"
+            assert len({e["body"] for e in episodes}) == len(episodes), "two example episodes show the same text"
+
+            # the config: a closed <details> with a field/value table that opens on a click
+            cfg_table = page.locator("details table.cfg")
+            assert not cfg_table.is_visible(), "the config table should start collapsed"
+            page.locator("details summary").click()
+            assert cfg_table.is_visible()
+            fields = page.evaluate("() => [...document.querySelectorAll('table.cfg tr td:first-child')].map(td => td.innerText)")
+            assert {"method", "model.name", "data.tasks", "loss.eps_high"} <= set(fields), fields[:10]
+
+            page.screenshot(path=str(ARTIFACTS / "browser_report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert not requested, f"the report requested the network (blocked): {requested[:5]}"

@@ -95,3 +95,20 @@ def test_tiny_model_load_applies_the_policy():
             "tiny_model(layers=1, vocab_size=64)\nimport sys\n"
             "sys.stderr.write(str(threads.describe()['threads']))")
     assert _stderr_of(code) == "1"    # OMP_NUM_THREADS=1 in the child is the user's setting
+
+
+def test_the_kernel_benchmark_builds_its_program_from_notebook_02():
+    """benchmarks/thread_policy_kernel.py --dry-run: the cells it times are found in the notebook and compile."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("thread_policy_kernel", ROOT / "benchmarks" / "thread_policy_kernel.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cells = bench.notebook_cells(tasks=2, group=3, max_new=16)
+    assert "N_TASKS, G, MAX_NEW = 2, 3, 16" in cells[1]
+    assert any("generate(model, tok, tasks, cfg" in c for c in cells)     # the notebook's rollout cell
+    for c in cells:
+        compile(c, "<cell>", "exec")
+    assert bench.parse_output("tao_lab: 1 torch thread(s) (auto)\nzero_shot: 40 sampled + 3 forced tokens in 2.0 s "
+                              "(20 tok/s)\nBENCH_RESULT {\"seconds\": 4.0, \"sampled_tokens\": 80}") == {
+        "templates": [{"template": "zero_shot", "sampled_tokens": 40, "seconds": 2.0}], "torch_threads": 1,
+        "seconds": 4.0, "sampled_tokens": 80}
