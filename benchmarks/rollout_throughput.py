@@ -5,8 +5,12 @@ few-shot template, ~250 tokens each), G = 8 samples per prompt, 128 new tokens, 
 plain generation without tools. Both sides are forced to produce exactly 128 tokens per sequence
 (HF: min_new_tokens; tao_lab: ignore_eos), so the work is identical and tokens/s compare directly.
 Also measures this machine's fp32 matmul rate and the fraction of it each decode loop reaches.
+--prefix-ab adds a third arm in the same interleaved run: tao_lab with RolloutConfig.shared_prefix
+off (every prompt prefilled whole), to price the shared few-shot prefix; its share of the work grows
+as --new-tokens shrinks.
 
     .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--new-tokens 128] [--threads N]
+                                                      [--prefix-ab]
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from tao_lab.rollout import RolloutConfig, generate
 from tao_lab.tasks import load_tasks, render_prompt
 
 RESULTS = Path(__file__).parent / "results" / "rollout_throughput.json"
+NO_PREFIX = "tao_lab.rollout[shared_prefix=False]"
 
 
 def matmul_gflops(n: int = 1024, reps: int = 20) -> float:
@@ -58,13 +63,13 @@ def run_hf(model, tok, prompts, G, new_tokens, seed):
     return n_new, dt
 
 
-def run_tao(model, tok, tasks, prompts, G, new_tokens, seed):
+def run_tao(model, tok, tasks, prompts, G, new_tokens, seed, shared_prefix=True):
     cfg = RolloutConfig(group_size=G, max_new_tokens=new_tokens, temperature=1.0, tools=False,
-                        ignore_eos=True, seed=seed)
+                        ignore_eos=True, seed=seed, shared_prefix=shared_prefix)
     t = time.perf_counter()
     trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
     dt = time.perf_counter() - t
-    return stats.sampled_tokens, dt
+    return stats.sampled_tokens, dt, stats.shared_prompt_tokens
 
 
 def main():
@@ -74,6 +79,8 @@ def main():
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--n-prompts", type=int, default=4)
     ap.add_argument("--out", default=str(RESULTS), help="result JSON (default: the saved result)")
+    ap.add_argument("--prefix-ab", action="store_true",
+                    help="also run tao_lab with shared_prefix=False, interleaved, and report ratios")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads for both sides (0 = torch's default). On a shared, busy machine "
                          "1 avoids OpenMP spin-wait collapse; the ratio is what to read")
@@ -90,35 +97,47 @@ def main():
     # warm-up both (first calls pay one-off allocation / trigger-table costs)
     run_tao(model, tok, tasks, prompts, 2, 8, 0)
     run_hf(model, tok, prompts[:1], 2, 8, 0)
-    rows = []
-    for rep in range(args.repeats):  # interleave so machine noise hits both sides alike
-        for name, fn in (("transformers.generate", lambda: run_hf(model, tok, prompts, args.group, args.new_tokens, rep)),
-                         ("tao_lab.rollout", lambda: run_tao(model, tok, tasks, prompts, args.group, args.new_tokens, rep))):
-            n_tok, dt = fn()
+    arms = {"transformers.generate": lambda rep: run_hf(model, tok, prompts, args.group, args.new_tokens, rep),
+            "tao_lab.rollout": lambda rep: run_tao(model, tok, tasks, prompts, args.group, args.new_tokens, rep)}
+    if args.prefix_ab:
+        arms[NO_PREFIX] = lambda rep: run_tao(model, tok, tasks, prompts, args.group, args.new_tokens, rep,
+                                              shared_prefix=False)
+    rows, shared = [], 0
+    for rep in range(args.repeats):  # interleave so machine noise hits every arm alike
+        for name, fn in arms.items():
+            n_tok, dt, *extra = fn(rep)
+            shared = max([shared, *extra])
             rows.append({"impl": name, "rep": rep, "tokens": n_tok, "seconds": dt, "tokens_per_s": n_tok / dt})
-            print(f"{name:24s} rep {rep}: {n_tok} tokens in {dt:6.2f} s = {n_tok / dt:7.1f} tok/s", flush=True)
+            print(f"{name:36s} rep {rep}: {n_tok} tokens in {dt:6.2f} s = {n_tok / dt:7.1f} tok/s", flush=True)
     ctx = sum(plen) / len(plen) + args.new_tokens / 2
     fpt = flops_per_token(model, int(ctx))
     summary = {}
-    for name in ("transformers.generate", "tao_lab.rollout"):
+    for name in arms:
         best = max(r["tokens_per_s"] for r in rows if r["impl"] == name)
         summary[name] = {"tokens_per_s": best, "gflops": best * fpt / 1e9,
                          "fraction_of_matmul_peak": best * fpt / 1e9 / gflops}
     speedup = summary["tao_lab.rollout"]["tokens_per_s"] / summary["transformers.generate"]["tokens_per_s"]
     result = {"settings": {"model": "smollm2-135m fp32", "n_prompts": args.n_prompts, "G": args.group,
                            "new_tokens": args.new_tokens, "prompt_tokens": plen, "temperature": 1.0,
-                           "tools": False, "threads": torch.get_num_threads()},
+                           "tools": False, "threads": torch.get_num_threads(), "shared_prompt_tokens": shared},
               "machine": {"platform": platform.platform(), "fp32_matmul_gflops": gflops,
                           "torch": torch.__version__},
               "runs": rows, "summary": summary, "speedup": speedup}
+    if args.prefix_ab:
+        result["shared_prefix_speedup"] = summary["tao_lab.rollout"]["tokens_per_s"] / summary[NO_PREFIX]["tokens_per_s"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"\nprompt tokens {plen}; fp32 matmul {gflops:.1f} GFLOP/s; forward {fpt / 1e6:.0f} MFLOP/token")
-    print(f"{'impl':24s} {'tok/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s}")
+    print(f"\nprompt tokens {plen} (shared prefix {shared}); fp32 matmul {gflops:.1f} GFLOP/s; "
+          f"forward {fpt / 1e6:.0f} MFLOP/token")
+    print(f"{'impl':36s} {'tok/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'/ generate':>10s}")
+    hf = summary["transformers.generate"]["tokens_per_s"]
     for name, s in summary.items():
-        print(f"{name:24s} {s['tokens_per_s']:8.1f} {s['gflops']:8.1f} {100 * s['fraction_of_matmul_peak']:6.1f}%")
+        print(f"{name:36s} {s['tokens_per_s']:8.1f} {s['gflops']:8.1f} {100 * s['fraction_of_matmul_peak']:6.1f}% "
+              f"{s['tokens_per_s'] / hf:9.2f}x")
     print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {out}")
+    if args.prefix_ab:
+        print(f"speedup shared prefix on / off: {result['shared_prefix_speedup']:.3f}x")
 
 
 if __name__ == "__main__":

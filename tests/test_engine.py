@@ -65,6 +65,28 @@ def test_kv_engine_matches_plain_forward_through_lora_adapter(tiny):
     _drive(KVEngine(peft_model, 3, 64), peft_model, 1e-4)
 
 
+@pytest.mark.parametrize("engine_cls", [KVEngine, RecomputeEngine])
+def test_a_prefix_prefilled_once_and_forked_gives_the_same_logits(tiny, engine_cls):
+    """The rollout's shared prefix: prefill L tokens in row 0, fork them (lengths=L) to rows 1-2,
+    then feed each row its own ragged suffix (right-padded) at positions L..: logits as if each
+    whole sequence had been fed at once."""
+    model, _ = tiny
+    g = torch.Generator().manual_seed(2)
+    V = model.config.vocab_size
+    common = torch.randint(0, V, (9,), generator=g).tolist()
+    suffixes = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 4, 2)]
+    eng = engine_cls(model, 3, 32)
+    eng.forward(torch.tensor([0]), torch.tensor([common]), torch.tensor([9]))
+    eng.fork(torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([9, 9]))
+    toks = torch.zeros(3, 4, dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        toks[i, :len(s)] = torch.tensor(s)
+    out = eng.forward(torch.arange(3), toks, torch.tensor([1, 4, 2]))
+    assert eng.lengths.tolist() == [10, 13, 11]
+    for i in range(3):
+        assert torch.allclose(out[i], _reference(model, common + suffixes[i]), atol=1e-4)
+
+
 def test_kv_engine_refuses_to_overflow_its_capacity(tiny):
     model, _ = tiny
     eng = KVEngine(model, 1, 4)

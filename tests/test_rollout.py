@@ -7,7 +7,7 @@ import torch
 
 from fakes import ByteTokenizer, ScriptedPolicy
 from runstore_fixture import make_run_store, make_trajectories
-from tao_lab.rollout import RolloutConfig, generate, sample_or_load
+from tao_lab.rollout import RolloutConfig, common_prefix_len, generate, sample_or_load
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 
 
@@ -159,6 +159,52 @@ def test_kv_and_recompute_backends_sample_the_same_tokens(tiny):
         cfg = RolloutConfig(group_size=2, max_new_tokens=16, seed=3, tools=False, backend=backend)
         out[backend] = [t.token_ids for t in generate(model, tok, tasks, cfg, prompts=prompts)[0]]
     assert out["kv"] == out["recompute"]
+
+
+def test_common_prefix_len_counts_shared_token_ids_and_leaves_every_sequence_a_token():
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 7]]) == 2
+    assert common_prefix_len([[1, 2], [1, 2, 3]]) == 1      # one is a prefix of the other
+    assert common_prefix_len([[5], [5]]) == 0
+    assert common_prefix_len([[1, 2, 3], [9, 2, 3]]) == 0
+
+
+DEMO = "You solve problems with python.\nQ: 2+2\nA: ```python\nprint(2+2)\n```\n"
+PROMPT_SETS = {
+    "few_shot": [DEMO + "Q: 12*3", DEMO + "Q: what is 7 + 5 + 9?", DEMO + "Q: 1"],
+    "no_common_prefix": ["Hello there, how are", "Compute 123 * 456"],
+    "one_prompt": [DEMO + "Q: 12*3"],
+    "one_is_a_prefix": ["Hello there, how are", "Hello there, how are you doing today"],
+}
+
+
+@pytest.mark.parametrize("case", PROMPT_SETS)
+def test_shared_prefix_prefill_samples_the_same_tokens(tiny, case):
+    """Seeded rollouts with and without the shared-prefix prefill, and on the recompute reference:
+    the same tokens; logprobs and entropies equal to fp32 rounding (atol 1e-5)."""
+    import os
+
+    model, tok = tiny
+    prompts = PROMPT_SETS[case]
+    tasks = [T(f"t{i}", p) for i, p in enumerate(prompts)]
+    ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
+    if case == "one_is_a_prefix":
+        assert ids[1][:len(ids[0])] == ids[0]
+    common = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0   # commonprefix compares lists too
+    want = min(common, min(map(len, ids)) - 1)
+    out = {}
+    for backend, shared in (("kv", True), ("kv", False), ("recompute", True)):
+        cfg = RolloutConfig(group_size=2, max_new_tokens=12, temperature=1.0, seed=5, tools=False,
+                            backend=backend, shared_prefix=shared)
+        trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
+        out[backend, shared] = trajs
+        assert stats.shared_prompt_tokens == (want if (backend, shared) == ("kv", True) else 0)
+    assert (want > 0) == (case in ("few_shot", "one_is_a_prefix"))
+    ref = out["kv", False]
+    for key in (("kv", True), ("recompute", True)):
+        assert [t.token_ids for t in out[key]] == [t.token_ids for t in ref]
+        for a, b in zip(out[key], ref):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+            assert torch.allclose(torch.tensor(a.entropies), torch.tensor(b.entropies), atol=1e-5)
 
 
 @pytest.mark.smoke
