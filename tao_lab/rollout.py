@@ -23,10 +23,10 @@ which is what the training forward pass recomputes. Token ids in, token ids out:
 never re-tokenised.
 
 Speed (DESIGN.md §7): each distinct prompt is prefilled once and its KV cache forked to its G rows;
-the token prefix every prompt of the call shares (system text and few-shot demonstrations, ~200 of
-~230 tokens) is prefilled once before that and forked to each prompt, which then prefills only its
-own remainder (cfg.shared_prefix); the cache is preallocated (engine.KVEngine); sandbox calls run
-concurrently in a warm pool.
+before that, token prefixes several prompts share (the system text; the few-shot demonstrations of
+tasks of one kind) are prefilled once and forked, so each prompt prefills only what is its own
+(cfg.shared_prefix, prefix_tree_plan); the cache is preallocated (engine.KVEngine); sandbox calls
+run concurrently in a warm pool.
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ class RolloutConfig:
     backend: str = "auto"            # "kv" (fast, Llama-family), "recompute" (any model), "auto"
     seed: int | None = None          # sampling seed; None = torch's global RNG
     ignore_eos: bool = False         # benchmarks only: keep sampling past end-of-sequence
-    shared_prefix: bool = True       # KV engine: prefill the prompts' common token prefix once and
-    #   fork it to every prompt. Same tokens as without it (logits equal to fp32 rounding, tested),
-    #   prefill ~3x less work with few-shot prompts (README: rollout throughput); False = old path
+    shared_prefix: bool = True       # KV engine: prefill token prefixes that prompts share once
+    #   and fork them (prefix_tree_plan). Same tokens as without it (logits equal to fp32 rounding,
+    #   tested) and less prefill work (README: rollout throughput); False = each prompt whole
 
     def __post_init__(self):
         from . import checks
@@ -105,7 +105,7 @@ class RolloutStats:
     n_valid_calls: int = 0
     obs_truncated: int = 0           # observations cut to obs_max_chars / obs_max_tokens
     prefix_tokens: int = 0           # forced prefix tokens (mask 0) over all rows
-    shared_prompt_tokens: int = 0    # leading prompt tokens prefilled once for all prompts
+    shared_prompt_tokens: int = 0    # prompt tokens not prefilled: a shared prefix forked instead
     n_branches: int = 0              # forks at a position > 0 (branch_policy)
     fresh_rows: int = 0              # forks at position 0: new rows from the prompt
     branch_refused: int = 0          # forks refused: no free row, unknown source, or bad position
@@ -368,11 +368,11 @@ class _Rollout:
     def prefill(self) -> None:
         """Prefill each distinct (prompt, prefix) once and fork its cache to the rows that share it.
 
-        With cfg.shared_prefix on the KV engine, the token prefix common to all of those sequences
-        is prefilled first, in one row, and forked to the others (positions 0..L-1 of every row
-        hold the same tokens, so the same K/V); each then prefills only its remainder, at positions
-        L.. (the engine's row lengths give the RoPE positions and the causal mask). The recompute
-        engine re-runs whole sequences at every call, so there is nothing to share there."""
+        With cfg.shared_prefix on the KV engine, a token prefix that several of those sequences
+        share is prefilled once, in one row, and forked to the others (positions 0..n-1 hold the
+        same tokens, so the same K/V); each then prefills only the rest, at positions n.. (the
+        engine's row lengths give the RoPE positions and the causal mask): prefix_tree_plan. The
+        recompute engine re-runs whole sequences at every call, so there is nothing to share."""
         first: dict[tuple, int] = {}
         src, dst = [], []
         for s, row in enumerate(self.rows):
@@ -386,17 +386,19 @@ class _Rollout:
                 first[key] = s
         heads = list(first.values())
         seqs = [self.rows[s].traj.full_ids() for s in heads]
-        shared = self.cfg.shared_prefix and isinstance(self.engine, KVEngine) and len(heads) > 1
-        L = common_prefix_len(seqs) if shared else 0
-        if L:
-            t = time.perf_counter()
-            self._forward_rows(heads[:1], [seqs[0][:L]], [L])   # its logits are unused
-            self.engine.fork(torch.tensor(heads[:1] * (len(heads) - 1), device=self.dev),
-                             torch.tensor(heads[1:], device=self.dev),
-                             torch.full((len(heads) - 1,), L, device=self.dev))
-            self.stats.forward_s += time.perf_counter() - t
-            self.stats.shared_prompt_tokens = L
-        self.forward(heads, [s[L:] for s in seqs])
+        if self.cfg.shared_prefix and isinstance(self.engine, KVEngine):
+            fed = 0
+            for feeds, forks in prefix_tree_plan(seqs):
+                # a head's last feed ends its sequence: the logits it leaves ready are the right ones
+                self.forward([heads[i] for i, _, _ in feeds], [seqs[i][a:b] for i, a, b in feeds])
+                fed += sum(b - a for _, a, b in feeds)
+                if forks:
+                    i, j, n = (torch.tensor(c, device=self.dev) for c in zip(*forks))
+                    self.engine.fork(torch.tensor(heads, device=self.dev)[i],
+                                     torch.tensor(heads, device=self.dev)[j], n)
+            self.stats.shared_prompt_tokens = sum(map(len, seqs)) - fed
+        else:
+            self.forward(heads, seqs)
         self.stats.prefix_tokens += sum(r.traj.prefix_len for r in self.rows if r is not None)
         if dst:
             self.engine.fork(torch.tensor(src, device=self.dev), torch.tensor(dst, device=self.dev))
@@ -501,6 +503,41 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     for s in seqs[1:]:
         n = next((i for i in range(n) if s[i] != seqs[0][i]), n)
     return max(n, 0)
+
+
+Stage = tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]
+
+
+def prefix_tree_plan(seqs: Sequence[Sequence[int]]) -> list[Stage]:
+    """Prefill stages that feed every token prefix shared by several seqs only once.
+
+    Walks the token trie of seqs top-down. Each stage is (feeds, forks): feeds (i, a, b) append
+    seqs[i][a:b] to row i (one batched forward per stage), then forks (i, j, n) copy row i's first
+    n positions to row j. A group of seqs that share a prefix beyond what its rows hold is fed that
+    prefix in its first row and forked to the others, then splits by the next token; a group of one
+    is fed its remainder. Every seq's last feed ends at its last token (those logits start its
+    sampling), and the prefixes stop short of it (common_prefix_len). Few-shot prompts share the
+    system text, and tasks of one kind also share their demonstrations (tasks.select_demos).
+    """
+    stages, groups = [], [(list(range(len(seqs))), 0)]      # (members, tokens their rows hold)
+    while groups:
+        feeds, forks, nxt = [], [], []
+        for members, done in groups:
+            if len(members) == 1:
+                feeds.append((members[0], done, len(seqs[members[0]])))
+                continue
+            n = done + common_prefix_len([seqs[i][done:] for i in members])
+            if n > done:
+                feeds.append((members[0], done, n))
+                forks += [(members[0], j, n) for j in members[1:]]
+            by_next: dict = {}
+            for i in members:   # a seq that ends at n + 1 is a leaf of its own (an exact duplicate too)
+                by_next.setdefault(seqs[i][n] if len(seqs[i]) > n + 1 else ("end", i), []).append(i)
+            nxt += [(m, n) for m in by_next.values()]
+        if feeds:                       # (a group with nothing in common only splits)
+            stages.append((feeds, forks))
+        groups = nxt
+    return stages
 
 
 def _after_sample(row: Episode, token: int, tok, cfg: RolloutConfig, stops, trigger, pool) -> bool:
