@@ -7,7 +7,7 @@ plain generation without tools. Both sides are forced to produce exactly 128 tok
 Also measures this machine's fp32 matmul rate and the fraction of it each decode loop reaches.
 --prefix-ab adds a third arm in the same interleaved run: tao_lab with RolloutConfig.shared_prefix
 off (every prompt prefilled whole), to price the shared few-shot prefix; its share of the work grows
-as --new-tokens shrinks.
+as --new-tokens shrinks (--new-tokens 1 times the prefills alone).
 
     .venv/bin/python benchmarks/rollout_throughput.py [--repeats 2] [--new-tokens 128] [--threads N]
                                                       [--prefix-ab]
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -115,9 +116,10 @@ def main():
     fpt = flops_per_token(model, int(ctx))
     summary = {}
     for name in arms:
-        best = max(r["tokens_per_s"] for r in rows if r["impl"] == name)
-        summary[name] = {"tokens_per_s": best, "gflops": best * fpt / 1e9,
-                         "fraction_of_matmul_peak": best * fpt / 1e9 / gflops}
+        rates = [r["tokens_per_s"] for r in rows if r["impl"] == name]
+        best = max(rates)
+        summary[name] = {"tokens_per_s": best, "median_tokens_per_s": statistics.median(rates),
+                         "gflops": best * fpt / 1e9, "fraction_of_matmul_peak": best * fpt / 1e9 / gflops}
     speedup = summary["tao_lab.rollout"]["tokens_per_s"] / summary["transformers.generate"]["tokens_per_s"]
     result = {"settings": {"model": "smollm2-135m fp32", "n_prompts": args.n_prompts, "G": args.group,
                            "new_tokens": args.new_tokens, "prompt_tokens": plen, "temperature": 1.0,
@@ -132,11 +134,12 @@ def main():
     out.write_text(json.dumps(result, indent=2))
     print(f"\nprompt tokens {plen} (shared prefix {shared}); fp32 matmul {gflops:.1f} GFLOP/s; "
           f"forward {fpt / 1e6:.0f} MFLOP/token")
-    print(f"{'impl':36s} {'tok/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'/ generate':>10s}")
+    print(f"{'impl (best of repeats)':36s} {'tok/s':>8s} {'GFLOP/s':>8s} {'% peak':>7s} {'/ generate':>10s} "
+          f"{'median tok/s':>13s}")
     hf = summary["transformers.generate"]["tokens_per_s"]
     for name, s in summary.items():
         print(f"{name:36s} {s['tokens_per_s']:8.1f} {s['gflops']:8.1f} {100 * s['fraction_of_matmul_peak']:6.1f}% "
-              f"{s['tokens_per_s'] / hf:9.2f}x")
+              f"{s['tokens_per_s'] / hf:9.2f}x {s['median_tokens_per_s']:13.1f}")
     print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {out}")
     if args.prefix_ab:
         print(f"speedup shared prefix on / off: {result['shared_prefix_speedup']:.3f}x")
