@@ -54,23 +54,23 @@ def run_hf(model, tok, prompts, G, new_tokens, seed):
     tok.padding_side = "left"
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with torch.no_grad():
         out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                              max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                              num_return_sequences=G, pad_token_id=tok.pad_token_id)
-    dt = time.perf_counter() - t
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
     n_new = (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
-    return n_new, dt
+    return n_new, dt, cpu
 
 
 def run_tao(model, tok, tasks, prompts, G, new_tokens, seed, shared_prefix=True):
     cfg = RolloutConfig(group_size=G, max_new_tokens=new_tokens, temperature=1.0, tools=False,
                         ignore_eos=True, seed=seed, shared_prefix=shared_prefix)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
-    dt = time.perf_counter() - t
-    return stats.sampled_tokens, dt, stats.shared_prompt_tokens
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    return stats.sampled_tokens, dt, cpu, stats.shared_prompt_tokens
 
 
 def main():
@@ -108,10 +108,12 @@ def main():
     for rep in range(args.repeats):  # interleave so machine noise hits every arm alike, and rotate the
         # order: an arm run right after generate was seen to pay for it (allocator state)
         for name in names[rep % len(names):] + names[:rep % len(names)]:
-            n_tok, dt, *extra = arms[name](rep)
+            n_tok, dt, cpu, *extra = arms[name](rep)
             shared = max([shared, *extra])
-            rows.append({"impl": name, "rep": rep, "tokens": n_tok, "seconds": dt, "tokens_per_s": n_tok / dt})
-            print(f"{name:36s} rep {rep}: {n_tok} tokens in {dt:6.2f} s = {n_tok / dt:7.1f} tok/s", flush=True)
+            rows.append({"impl": name, "rep": rep, "tokens": n_tok, "seconds": dt, "cpu_seconds": cpu,
+                         "tokens_per_s": n_tok / dt})
+            print(f"{name:36s} rep {rep}: {n_tok} tokens in {dt:6.2f} s = {n_tok / dt:7.1f} tok/s "
+                  f"(process CPU {cpu:6.2f} s)", flush=True)
     ctx = sum(plen) / len(plen) + args.new_tokens / 2
     fpt = flops_per_token(model, int(ctx))
     summary = {}
@@ -127,8 +129,12 @@ def main():
               "machine": {"platform": platform.platform(), "fp32_matmul_gflops": gflops,
                           "torch": torch.__version__},
               "runs": rows, "summary": summary, "speedup": speedup}
-    if args.prefix_ab:
+    if args.prefix_ab:   # best over best, and the paired ratio of each repeat (robust to load drifts)
         result["shared_prefix_speedup"] = summary["tao_lab.rollout"]["tokens_per_s"] / summary[NO_PREFIX]["tokens_per_s"]
+        for key, field in (("", "seconds"), ("_cpu", "cpu_seconds")):   # CPU time: less load-sensitive
+            secs = {(r["impl"], r["rep"]): r[field] for r in rows}
+            result[f"shared_prefix_speedup{key}_per_repeat"] = [secs[NO_PREFIX, k] / secs["tao_lab.rollout", k]
+                                                                for k in range(args.repeats)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
@@ -142,7 +148,9 @@ def main():
               f"{s['tokens_per_s'] / hf:9.2f}x {s['median_tokens_per_s']:13.1f}")
     print(f"speedup tao_lab / transformers: {speedup:.2f}x  -> {out}")
     if args.prefix_ab:
-        print(f"speedup shared prefix on / off: {result['shared_prefix_speedup']:.3f}x")
+        per, cpu = (", ".join(f"{x:.2f}x" for x in result[f"shared_prefix_speedup{k}_per_repeat"]) for k in ("", "_cpu"))
+        print(f"speedup shared prefix on / off: {result['shared_prefix_speedup']:.3f}x (per repeat: {per}; "
+              f"process CPU time per repeat: {cpu})")
 
 
 if __name__ == "__main__":
