@@ -67,7 +67,8 @@ class KVEngine:
         self.device = p.device
         self.dtype = torch.float32 if p.dtype not in (torch.float16, torch.bfloat16) else p.dtype
         self.capacity = capacity
-        shape = (n_rows, self.n_kv, capacity, self.head_dim)
+        # one spare position past the capacity takes the K/V of padding tokens and is never read
+        shape = (n_rows, self.n_kv, capacity + 1, self.head_dim)
         self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.lengths = torch.zeros(n_rows, dtype=torch.long, device=self.device)
@@ -77,15 +78,18 @@ class KVEngine:
         """Append tokens to rows and return the logits after each row's last valid token.
 
         rows: (R,) row indices; tokens: (R, n) ids, right-padded; n_valid: (R,) real tokens per row.
-        Returns (R, V) float32 logits. Padded positions write K/V past the row's new length, where
-        the mask hides them until real tokens overwrite them.
+        Returns (R, V) float32 logits. Rows may start at different lengths; padding tokens write
+        their K/V to the spare position `capacity`, never read, so a short chunk beside a long one
+        needs no room past its row's end.
         """
         R, n = tokens.shape
         start = self.lengths[rows]                                     # (R,)
         pos = start[:, None] + torch.arange(n, device=self.device)     # (R, n)
-        if int(pos.max()) >= self.capacity:
+        end = start + n_valid                                          # (R,)
+        if int(end.max()) > self.capacity:
             raise RuntimeError(f"KV cache capacity {self.capacity} exceeded; raise max_new_tokens slack")
-        kv_len = int((start + n).max())
+        slot = torch.where(pos < end[:, None], pos, self.capacity)     # (R, n) where K/V are written
+        kv_len = int(end.max())
         all_rows = R == self.lengths.numel() and bool((rows == torch.arange(R, device=self.device)).all())
         # attention mask (R, 1, n, kv_len): key j visible to the query at position p iff j <= p
         mask = torch.arange(kv_len, device=self.device)[None, None, None, :] <= pos[:, None, :, None]
@@ -106,8 +110,8 @@ class KVEngine:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             K, V = self.k[li], self.v[li]
-            K[r_idx, :, pos] = k.transpose(1, 2).to(self.dtype)      # (R, n, kvH, D) into the cache
-            V[r_idx, :, pos] = v.transpose(1, 2).to(self.dtype)
+            K[r_idx, :, slot] = k.transpose(1, 2).to(self.dtype)     # (R, n, kvH, D) into the cache
+            V[r_idx, :, slot] = v.transpose(1, 2).to(self.dtype)
             if all_rows:   # decode over the whole batch: a view, no copy
                 Kr, Vr = K[:, :, :kv_len], V[:, :, :kv_len]
             else:          # a subset (prefill, tool output): gather just those rows

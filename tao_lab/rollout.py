@@ -23,7 +23,10 @@ which is what the training forward pass recomputes. Token ids in, token ids out:
 never re-tokenised.
 
 Speed (DESIGN.md §7): each distinct prompt is prefilled once and its KV cache forked to its G rows;
-the cache is preallocated (engine.KVEngine); sandbox calls run concurrently in a warm pool.
+before that, token prefixes several prompts share (the system text; the few-shot demonstrations of
+tasks of one kind) are prefilled once and forked, so each prompt prefills only what is its own
+(cfg.shared_prefix, prefix_tree_plan); the cache is preallocated (engine.KVEngine); sandbox calls
+run concurrently in a warm pool.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class RolloutConfig:
     ignore_eos: bool = False         # benchmarks only: keep sampling past end-of-sequence
     quantize: str = "none"           # "int8": sample from an int8 copy of the policy (quant.py; needs
     #                                  UpdateConfig.is_correction="tis" in training); "none": the policy
+    shared_prefix: bool = True       # KV engine: prefill token prefixes that prompts share once
+    #   and fork them (prefix_tree_plan). Same tokens as without it (logits equal to fp32 rounding,
+    #   tested) and less prefill work (README: rollout throughput); False = each prompt whole
 
     def __post_init__(self):
         from . import checks
@@ -84,7 +90,7 @@ class RolloutConfig:
         checks.number(self, "n_demos", lo=0, integer=True)
         checks.choice(self, "backend", ("auto", "kv", "recompute"))   # engine.make_engine's variants
         checks.number(self, "seed", lo=0, integer=True, none_ok=True)
-        checks.flag(self, "tools", "silent_is_failure", "ignore_eos")
+        checks.flag(self, "tools", "silent_is_failure", "ignore_eos", "shared_prefix")
         checks.choice(self, "quantize", QUANTIZE_MODES)
 
 
@@ -102,6 +108,7 @@ class RolloutStats:
     n_valid_calls: int = 0
     obs_truncated: int = 0           # observations cut to obs_max_chars / obs_max_tokens
     prefix_tokens: int = 0           # forced prefix tokens (mask 0) over all rows
+    shared_prompt_tokens: int = 0    # prompt tokens not prefilled: a shared prefix forked instead
     n_branches: int = 0              # forks at a position > 0 (branch_policy)
     fresh_rows: int = 0              # forks at position 0: new rows from the prompt
     branch_refused: int = 0          # forks refused: no free row, unknown source, or bad position
@@ -366,7 +373,13 @@ class _Rollout:
                                    torch.tensor(n_valid, device=self.dev))
 
     def prefill(self) -> None:
-        """Prefill each distinct (prompt, prefix) once and fork its cache to the rows that share it."""
+        """Prefill each distinct (prompt, prefix) once and fork its cache to the rows that share it.
+
+        With cfg.shared_prefix on the KV engine, a token prefix that several of those sequences
+        share is prefilled once, in one row, and forked to the others (positions 0..n-1 hold the
+        same tokens, so the same K/V); each then prefills only the rest, at positions n.. (the
+        engine's row lengths give the RoPE positions and the causal mask): prefix_tree_plan. The
+        recompute engine re-runs whole sequences at every call, so there is nothing to share."""
         first: dict[tuple, int] = {}
         src, dst = [], []
         for s, row in enumerate(self.rows):
@@ -379,7 +392,20 @@ class _Rollout:
             else:
                 first[key] = s
         heads = list(first.values())
-        self.forward(heads, [self.rows[s].traj.full_ids() for s in heads])
+        seqs = [self.rows[s].traj.full_ids() for s in heads]
+        if self.cfg.shared_prefix and isinstance(self.engine, KVEngine):
+            fed = 0
+            for feeds, forks in prefix_tree_plan(seqs):
+                # a head's last feed ends its sequence: the logits it leaves ready are the right ones
+                self.forward([heads[i] for i, _, _ in feeds], [seqs[i][a:b] for i, a, b in feeds])
+                fed += sum(b - a for _, a, b in feeds)
+                if forks:
+                    i, j, n = (torch.tensor(c, device=self.dev) for c in zip(*forks))
+                    self.engine.fork(torch.tensor(heads, device=self.dev)[i],
+                                     torch.tensor(heads, device=self.dev)[j], n)
+            self.stats.shared_prompt_tokens = sum(map(len, seqs)) - fed
+        else:
+            self.forward(heads, seqs)
         self.stats.prefix_tokens += sum(r.traj.prefix_len for r in self.rows if r is not None)
         if dst:
             self.engine.fork(torch.tensor(src, device=self.dev), torch.tensor(dst, device=self.dev))
@@ -474,6 +500,51 @@ class _Rollout:
             self.engine.fork(torch.tensor(src, device=self.dev), torch.tensor(dst, device=self.dev),
                              torch.tensor(keep, device=self.dev))
             self.forward(dst, [[self.rows[s].traj.full_ids()[k]] for s, k in zip(dst, keep)])
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token-id prefix all seqs share, capped one short of the shortest
+    sequence: every sequence keeps >= 1 token of its own, whose logits start its sampling. Token
+    ids, not text: prompts that share text can still tokenise differently at the boundary."""
+    n = min(map(len, seqs)) - 1
+    for s in seqs[1:]:
+        n = next((i for i in range(n) if s[i] != seqs[0][i]), n)
+    return max(n, 0)
+
+
+Stage = tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]
+
+
+def prefix_tree_plan(seqs: Sequence[Sequence[int]]) -> list[Stage]:
+    """Prefill stages that feed every token prefix shared by several seqs only once.
+
+    Walks the token trie of seqs top-down. Each stage is (feeds, forks): feeds (i, a, b) append
+    seqs[i][a:b] to row i (one batched forward per stage), then forks (i, j, n) copy row i's first
+    n positions to row j. A group of seqs that share a prefix beyond what its rows hold is fed that
+    prefix in its first row and forked to the others, then splits by the next token; a group of one
+    is fed its remainder. Every seq's last feed ends at its last token (those logits start its
+    sampling), and the prefixes stop short of it (common_prefix_len). Few-shot prompts share the
+    system text, and tasks of one kind also share their demonstrations (tasks.select_demos).
+    """
+    stages, groups = [], [(list(range(len(seqs))), 0)]      # (members, tokens their rows hold)
+    while groups:
+        feeds, forks, nxt = [], [], []
+        for members, done in groups:
+            if len(members) == 1:
+                feeds.append((members[0], done, len(seqs[members[0]])))
+                continue
+            n = done + common_prefix_len([seqs[i][done:] for i in members])
+            if n > done:
+                feeds.append((members[0], done, n))
+                forks += [(members[0], j, n) for j in members[1:]]
+            by_next: dict = {}
+            for i in members:   # a seq that ends at n + 1 is a leaf of its own (an exact duplicate too)
+                by_next.setdefault(seqs[i][n] if len(seqs[i]) > n + 1 else ("end", i), []).append(i)
+            nxt += [(m, n) for m in by_next.values()]
+        if feeds:                       # (a group with nothing in common only splits)
+            stages.append((feeds, forks))
+        groups = nxt
+    return stages
 
 
 def _after_sample(row: Episode, token: int, tok, cfg: RolloutConfig, stops, trigger, pool) -> bool:

@@ -65,6 +65,44 @@ def test_kv_engine_matches_plain_forward_through_lora_adapter(tiny):
     _drive(KVEngine(peft_model, 3, 64), peft_model, 1e-4)
 
 
+@pytest.mark.parametrize("engine_cls", [KVEngine, RecomputeEngine])
+def test_a_prefix_prefilled_once_and_forked_gives_the_same_logits(tiny, engine_cls):
+    """The rollout's shared prefix: prefill L tokens in row 0, fork them (lengths=L) to rows 1-2,
+    then feed each row its own ragged suffix (right-padded) at positions L..: logits as if each
+    whole sequence had been fed at once."""
+    model, _ = tiny
+    g = torch.Generator().manual_seed(2)
+    V = model.config.vocab_size
+    common = torch.randint(0, V, (9,), generator=g).tolist()
+    suffixes = [torch.randint(0, V, (n,), generator=g).tolist() for n in (1, 4, 2)]
+    eng = engine_cls(model, 3, 32)
+    eng.forward(torch.tensor([0]), torch.tensor([common]), torch.tensor([9]))
+    eng.fork(torch.tensor([0, 0]), torch.tensor([1, 2]), torch.tensor([9, 9]))
+    toks = torch.zeros(3, 4, dtype=torch.long)
+    for i, s in enumerate(suffixes):
+        toks[i, :len(s)] = torch.tensor(s)
+    out = eng.forward(torch.arange(3), toks, torch.tensor([1, 4, 2]))
+    assert eng.lengths.tolist() == [10, 13, 11]
+    for i in range(3):
+        assert torch.allclose(out[i], _reference(model, common + suffixes[i]), atol=1e-4)
+
+
+def test_kv_engine_feeds_a_short_chunk_beside_a_long_one_at_the_end_of_its_cache(tiny):
+    """Row 0 is one token short of full; row 1 gets 8 tokens in the same call, so row 0's padding
+    reaches past the capacity: it goes to the spare position, and both rows' logits stay exact."""
+    model, _ = tiny
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(0, model.config.vocab_size, (n,), generator=g).tolist() for n in (15, 10)]
+    eng = KVEngine(model, 2, 16)
+    eng.forward(torch.tensor([0]), torch.tensor([seqs[0][:14]]), torch.tensor([14]))
+    eng.forward(torch.tensor([1]), torch.tensor([seqs[1][:2]]), torch.tensor([2]))
+    toks = torch.zeros(2, 8, dtype=torch.long)
+    toks[0, 0], toks[1] = seqs[0][14], torch.tensor(seqs[1][2:])
+    out = eng.forward(torch.arange(2), toks, torch.tensor([1, 8]))
+    for i in range(2):
+        assert torch.allclose(out[i], _reference(model, seqs[i]), atol=1e-4)
+
+
 def test_kv_engine_refuses_to_overflow_its_capacity(tiny):
     model, _ = tiny
     eng = KVEngine(model, 1, 4)

@@ -7,7 +7,7 @@ import torch
 
 from fakes import ByteTokenizer, ScriptedPolicy
 from runstore_fixture import make_run_store, make_trajectories
-from tao_lab.rollout import RolloutConfig, generate, sample_or_load, store_name
+from tao_lab.rollout import RolloutConfig, common_prefix_len, generate, prefix_tree_plan, sample_or_load, store_name
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 
 
@@ -159,6 +159,85 @@ def test_kv_and_recompute_backends_sample_the_same_tokens(tiny):
         cfg = RolloutConfig(group_size=2, max_new_tokens=16, seed=3, tools=False, backend=backend)
         out[backend] = [t.token_ids for t in generate(model, tok, tasks, cfg, prompts=prompts)[0]]
     assert out["kv"] == out["recompute"]
+
+
+def test_common_prefix_len_counts_shared_token_ids_and_leaves_every_sequence_a_token():
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 9], [1, 2, 7]]) == 2
+    assert common_prefix_len([[1, 2], [1, 2, 3]]) == 1      # one is a prefix of the other
+    assert common_prefix_len([[5], [5]]) == 0
+    assert common_prefix_len([[1, 2, 3], [9, 2, 3]]) == 0
+
+
+def fed_by_a_trie(seqs):
+    """Tokens a perfect prefix-tree prefill feeds: every distinct proper prefix once, plus each
+    sequence's last token in its own row (its logits start that row's sampling)."""
+    return len({tuple(s[:k]) for s in seqs for k in range(1, len(s))}) + len(seqs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_prefix_tree_plan_rebuilds_every_sequence_feeding_each_shared_prefix_once(seed):
+    g = torch.Generator().manual_seed(seed)
+    stems = [torch.randint(0, 5, (int(n),), generator=g).tolist() for n in torch.randint(0, 6, (3,), generator=g)]
+    seqs = [stems[int(torch.randint(0, 3, (1,), generator=g))] + torch.randint(0, 3, (int(n),), generator=g).tolist()
+            for n in torch.randint(1, 5, (7,), generator=g)]
+    seqs += [seqs[0], seqs[1][:1]]                  # an exact duplicate; a one-token sequence
+    rows, last_end, fed = [[] for _ in seqs], {}, 0
+    for feeds, forks in prefix_tree_plan(seqs):
+        assert feeds
+        fed_rows = [i for i, _, _ in feeds]
+        assert len(set(fed_rows)) == len(fed_rows) and not {j for _, j, _ in forks} & set(fed_rows)
+        for i, a, b in feeds:
+            assert len(rows[i]) == a < b
+            rows[i] += seqs[i][a:b]
+            last_end[i], fed = b, fed + b - a
+        for i, j, n in forks:
+            rows[j] = rows[i][:n]
+    assert rows == seqs and last_end == {i: len(s) for i, s in enumerate(seqs)}
+    assert fed == fed_by_a_trie(seqs)
+
+
+SYS = "You solve problems with python.\n"
+DEMO = SYS + "Q: 2+2\nA: ```python\nprint(2+2)\n```\n"
+DEMO_B = SYS + "Q: 3*5\nA: ```python\nprint(3*5)\n```\n"
+PROMPT_SETS = {
+    "few_shot": [DEMO + "Q: 12*3", DEMO + "Q: what is 7 + 5 + 9?", DEMO + "Q: 1"],
+    "two_demo_sets": [DEMO + "Q: 12*3", DEMO_B + "Q: what is 7 + 5 + 9?", DEMO + "Q: 1", DEMO_B + "Q: 8"],
+    "no_common_prefix": ["Hello there, how are", "Compute 123 * 456"],
+    "one_prompt": [DEMO + "Q: 12*3"],
+    "one_is_a_prefix": ["Hello there, how are", "Hello there, how are you doing today"],
+    # one group shares a long prefix and ends in short tails, the other has long tails: a stage
+    # feeds a 1-token tail beside a 20-token one, whose padding must not need room in the cache
+    "uneven_groups": [DEMO * 3 + "Q: 1", DEMO * 3 + "Q: 12",
+                      DEMO_B + "Q: what is 7 + 5 + 9 + 10 + 11 + 12 + 13?", DEMO_B + "Q: 8*1234+9-8*100"],
+}
+
+
+@pytest.mark.parametrize("case", PROMPT_SETS)
+def test_shared_prefix_prefill_samples_the_same_tokens(tiny, case):
+    """Seeded rollouts with and without the shared-prefix prefill, and on the recompute reference:
+    the same tokens; logprobs and entropies equal to fp32 rounding (atol 1e-5)."""
+    model, tok = tiny
+    prompts = PROMPT_SETS[case]
+    tasks = [T(f"t{i}", p) for i, p in enumerate(prompts)]
+    ids = [tok.encode(p, add_special_tokens=False) for p in prompts]
+    if case == "one_is_a_prefix":
+        assert ids[1][:len(ids[0])] == ids[0]
+    want = sum(map(len, ids)) - fed_by_a_trie(ids)
+    out = {}
+    G, new_tokens = (1, 3) if case == "uneven_groups" else (2, 12)    # (a small cache capacity)
+    for backend, shared in (("kv", True), ("kv", False), ("recompute", True)):
+        cfg = RolloutConfig(group_size=G, max_new_tokens=new_tokens, temperature=1.0, seed=5, tools=False,
+                            backend=backend, shared_prefix=shared)
+        trajs, stats = generate(model, tok, tasks, cfg, prompts=prompts)
+        out[backend, shared] = trajs
+        assert stats.shared_prompt_tokens == (want if (backend, shared) == ("kv", True) else 0)
+    assert (want > 0) == (case != "no_common_prefix" and case != "one_prompt")
+    ref = out["kv", False]
+    for key in (("kv", True), ("recompute", True)):
+        assert [t.token_ids for t in out[key]] == [t.token_ids for t in ref]
+        for a, b in zip(out[key], ref):
+            assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-5)
+            assert torch.allclose(torch.tensor(a.entropies), torch.tensor(b.entropies), atol=1e-5)
 
 
 @pytest.mark.smoke
