@@ -303,6 +303,34 @@ def sentences(summary: pd.DataFrame, level: float = 0.95) -> list[str]:
     return out
 
 
+def markdown_table(summary: pd.DataFrame, extra: Sequence[str] = ("entropy/sampled_mean", "tool/calls_per_traj")) -> str:
+    """The headline per arm as a Markdown table (compare.md; what a README quotes): seeds, held-out
+    avg@k and pass@k before -> after with the CI of the after value, the paired difference to the
+    baseline, and the `extra` held-out metrics after training."""
+    def cell(kind, arm, metric, ci=True):
+        r = summary[(summary["kind"] == kind) & (summary["arm"] == arm) & (summary["metric"] == metric)]
+        if r.empty:
+            return "-"
+        r = r.iloc[0]
+        return f"{r['mean']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}]" if ci else f"{r['mean']:.3f}"
+    held = summary[summary["kind"] == "heldout"]
+    metrics = list(dict.fromkeys(held["metric"]))
+    paired = summary[summary["kind"] == "paired"]
+    base = paired["other"].iloc[0] if not paired.empty else None
+    head = ["arm", "seeds", *[f"{m} before -> after [CI]" for m in metrics],
+            *([f"{m} - {base} [CI]" for m in metrics] if base else []), *[f"{e} after" for e in extra]]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in dict.fromkeys(held["arm"]):
+        n = int(held[held["arm"] == arm]["n_seeds"].max())
+        vals = [f"{cell('heldout_before', arm, m, ci=False)} -> {cell('heldout', arm, m)}" for m in metrics]
+        if base:
+            vals += ["(baseline)" if arm == base else
+                     cell("paired", arm, m) for m in metrics]
+        vals += [cell("heldout_metric", arm, e, ci=False) for e in extra]
+        rows.append("| " + " | ".join([arm, str(n), *vals]) + " |")
+    return "\n".join(rows) + "\n"
+
+
 # ----------------------------------------------------------------------------------------------
 # Charts (tidy frame in, altair out) and the page
 
@@ -399,5 +427,7 @@ tasks for paired differences.</p>
 </body></html>"""
     page_path = out / "compare.html"
     page_path.write_text(page, encoding="utf-8")
+    (out / "compare.md").write_text(markdown_table(summary) + "\n" + "\n".join(f"- {w}" for w in words) + "\n",
+                                    encoding="utf-8")
     print_modes = "\n".join(f"work per step, {a}: {m}" for a, m in modes.items())
-    return {"html": page_path, "csv": csv, "sentences": "\n".join([print_modes, *words])}
+    return {"html": page_path, "csv": csv, "md": out / "compare.md", "sentences": "\n".join([print_modes, *words])}

@@ -135,6 +135,9 @@ def test_the_page_is_self_contained_and_the_csv_is_tidy(two_arms, tmp_path):
     assert "work=equal_rollouts (up to 4 groups per update, 16 rollouts per step)" in page
     assert "work per step, base: work=equal_rollouts" in paths["sentences"]
     assert "better − base (work=equal_rollouts), held-out" in paths["sentences"]
+    md = paths["md"].read_text().splitlines()
+    assert md[0].startswith("| arm | seeds | avg@2 before -> after [CI]") and md[2].startswith("| base | 3 |")
+    assert "(baseline)" in md[2] and "| better | 3 |" in md[3] and md[-1].startswith("- better − base")
     csv = pd.read_csv(paths["csv"])
     assert set(csv["kind"]) == {"heldout", "heldout_before", "paired", "telemetry", "heldout_metric", "heldout_metric_before"}
     assert "Held-out behaviour and entropy after training" in page
