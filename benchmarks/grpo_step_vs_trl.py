@@ -64,7 +64,7 @@ def _prompt_order(n_steps: int) -> list[int]:
     return seeded_order(n, 0, n, SETTINGS["seed"])[0]
 
 
-def run_tao_lab(warmup: int, steps: int) -> dict:
+def run_tao_lab(warmup: int, steps: int, extra: list[str] | None = None) -> dict:
     from tao_lab.presets import make_config
     from tao_lab.trainer import Trainer
 
@@ -78,7 +78,7 @@ def run_tao_lab(warmup: int, steps: int) -> dict:
         "rollout.ignore_eos=true", f"rollout.temperature={s['temperature']}",
         f"update.micro_batch_size={s['micro_batch']}", f"optim.lr={s['lr']}", "optim.grad_clip=1.0",
         f"model.lora_r={s['lora_r']}", f"model.lora_alpha={s['lora_alpha']}", f"run.steps={n}",
-        f"run.save_every={n + 1}", f"seed={s['seed']}"])
+        f"run.save_every={n + 1}", f"seed={s['seed']}", *(extra or [])])
 
     def reward_fn(trajs, step):
         r = [reward_of_text(t.text) for t in trajs]
@@ -161,10 +161,11 @@ def run_trl(warmup: int, steps: int) -> dict:
             "rss_after_load_mb": rss_loaded, "peak_rss_mb": _rss_mb()}
 
 
-def _child(side: str, warmup: int, steps: int, out: str, threads: int | None) -> None:
+def _child(side: str, warmup: int, steps: int, out: str, threads: int | None, extra: list[str]) -> None:
     if threads:
         torch.set_num_threads(threads)
-    result = (run_tao_lab if side == "tao_lab" else run_trl)(warmup, steps)
+    result = run_trl(warmup, steps) if side == "trl" else \
+        run_tao_lab(warmup, steps, extra if side == "tao_lab_variant" else None)
     Path(out).write_text(json.dumps(result))
 
 
@@ -172,11 +173,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--side", choices=["tao_lab", "trl"], help=argparse.SUPPRESS)  # child mode
+    ap.add_argument("--side", choices=["tao_lab", "trl", "tao_lab_variant"], help=argparse.SUPPRESS)  # child mode
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--tiny", action="store_true", help="1 prompt x G=2 x 8 tokens: the code path only (gpu_check.sh --dry-run)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads in both children (default: torch's)")
+    ap.add_argument("--tao-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="also time a tao_lab variant with these TrainConfig overrides, e.g. "
+                         "rollout.quantize=int8 update.is_correction=tis (a third side, same run)")
     ap.add_argument("--rounds", type=int, default=1,
                     help="run the pair this many times, order alternating (tao,trl), (trl,tao), ...: drifting "
                          "load from other processes then hits both sides alike; per-step times are pooled")
@@ -184,17 +188,19 @@ def main() -> int:
     if a.tiny:
         SETTINGS.update(prompts_per_step=1, group_size=2, max_new_tokens=8, micro_batch=2)
     if a.side:
-        _child(a.side, a.warmup, a.steps, a.result, a.threads)
+        _child(a.side, a.warmup, a.steps, a.result, a.threads, a.tao_set)
         return 0
     results: dict[str, dict] = {}
     load = {"start": os.getloadavg()}
     for r in range(a.rounds):
-        for side in (("tao_lab", "trl") if r % 2 == 0 else ("trl", "tao_lab")):
+        sides = ("tao_lab", "trl", *(("tao_lab_variant",) if a.tao_set else ()))
+        for side in (sides if r % 2 == 0 else sides[::-1]):
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
                 tmp = f.name
             t = time.perf_counter()
             cmd = [sys.executable, __file__, "--side", side, "--warmup", str(a.warmup), "--steps", str(a.steps),
-                   "--result", tmp] + (["--threads", str(a.threads)] if a.threads else []) + (["--tiny"] if a.tiny else [])
+                   "--result", tmp] + (["--threads", str(a.threads)] if a.threads else []) + (["--tiny"] if a.tiny else []) \
+                + (["--tao-set", *a.tao_set] if side == "tao_lab_variant" else [])
             subprocess.run(cmd, check=True)
             one = json.loads(Path(tmp).read_text())
             os.unlink(tmp)
@@ -218,6 +224,12 @@ def main() -> int:
                "peak_rss_ratio_tao_over_trl": tao["peak_rss_mb"] / trl["peak_rss_mb"],
                "target": "tao_lab step <= 0.4 x TRL's, peak RSS <= TRL's"}
     summary["meets_target"] = summary["step_time_ratio_tao_over_trl"] <= 0.4 and summary["peak_rss_ratio_tao_over_trl"] <= 1.0
+    if "tao_lab_variant" in results:
+        var = results["tao_lab_variant"]
+        summary["variant"] = {"overrides": a.tao_set,
+                              "step_time_ratio_over_trl": var["median_step_s"] / trl["median_step_s"],
+                              "step_cpu_ratio_over_trl": var["mean_step_cpu_s"] / trl["mean_step_cpu_s"],
+                              "peak_rss_ratio_over_trl": var["peak_rss_mb"] / trl["peak_rss_mb"]}
     doc = {"settings": SETTINGS, "warmup": a.warmup, "steps": a.steps, "rounds": a.rounds, "results": results, "summary": summary,
            "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                        "load_average": load},
@@ -233,6 +245,10 @@ def main() -> int:
           f"x{summary['step_cpu_ratio_tao_over_trl']:.2f}, peak RSS "
           f"x{summary['peak_rss_ratio_tao_over_trl']:.2f} (target <= 0.4 and <= 1.0: "
           f"{'met' if summary['meets_target'] else 'NOT met'}); load average {load}")
+    if "variant" in summary:
+        v = summary["variant"]
+        print(f"tao_lab_variant {' '.join(a.tao_set)} / TRL: median step time x{v['step_time_ratio_over_trl']:.2f}, "
+              f"CPU time per step x{v['step_cpu_ratio_over_trl']:.2f}, peak RSS x{v['peak_rss_ratio_over_trl']:.2f}")
     print(f"saved {a.out}")
     return 0
 
