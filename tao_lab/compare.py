@@ -219,9 +219,11 @@ def bootstrap_paired(d: np.ndarray, n_boot: int, level: float, rng: np.random.Ge
 
 
 def _final_step(scores: pd.DataFrame) -> pd.DataFrame:
-    """Each run's last evaluation."""
-    last = scores.groupby(["arm", "seed"])["step"].transform("max")
-    return scores[scores["step"] == last]
+    """Each run's last evaluation after training (step > 0): a run still at its first steps has no
+    "after" yet and is left out of the after-training numbers, never counted with its "before"."""
+    trained = scores[scores["step"] > 0]
+    last = trained.groupby(["arm", "seed"])["step"].transform("max")
+    return trained[trained["step"] == last]
 
 
 def summarise(data: RunData, k: int | None = None, n_boot: int = 2000, level: float = 0.95,
@@ -249,9 +251,8 @@ def summarise(data: RunData, k: int | None = None, n_boot: int = 2000, level: fl
                                  "mean": mean, "lo": lo, "hi": hi})
         rows += _paired_rows(_final_step(scores), arms, baseline or arms[0], k, n_boot, level, rng)
     if not data.evals.empty:
-        last = data.evals.groupby(["arm", "seed"])["step"].transform("max")
         for kind, part in (("heldout_metric_before", data.evals[data.evals["step"] == 0]),
-                           ("heldout_metric", data.evals[data.evals["step"] == last])):
+                           ("heldout_metric", _final_step(data.evals))):
             for (arm, metric), g in part.groupby(["arm", "metric"], sort=False):
                 mean, lo, hi = bootstrap_mean(g["value"].to_numpy(), n_boot, level, rng)
                 rows.append({"kind": kind, "arm": arm, "metric": metric, "step": int(g["step"].max()),

@@ -124,6 +124,19 @@ def test_held_out_metrics_are_summarised_before_and_after_over_seeds_and_nan_is_
     assert summary[summary["metric"] == "behaviour/effi"].empty          # NaN: no value, not a zero
 
 
+def test_a_run_without_an_evaluation_after_training_is_left_out_of_the_after_numbers(two_arms, tmp_path):
+    import shutil
+    root, _, _ = two_arms
+    copy = tmp_path / "grid"
+    shutil.copytree(root, copy)
+    shutil.rmtree(grid.cell_dir(copy, "better", 2) / "evals" / "step_000002")   # still training
+    summary = compare.summarise(compare.load_runs([copy]), n_boot=200, seed=0)
+    assert _row(summary, "heldout_before", "better", "avg@2")["n_seeds"] == 3
+    assert _row(summary, "heldout", "better", "avg@2")["n_seeds"] == 2          # not its "before" as an "after"
+    assert _row(summary, "paired", "better", "avg@2")["n_seeds"] == 2
+    assert _row(summary, "heldout_metric", "better", "entropy/sampled_mean")["n_seeds"] == 2
+
+
 def test_the_page_is_self_contained_and_the_csv_is_tidy(two_arms, tmp_path):
     root, _, _ = two_arms
     paths = compare.write_comparison([root], tmp_path / "out", n_boot=200)
