@@ -31,6 +31,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,22 +65,12 @@ def _write_settings(settings: Path) -> None:
     notes.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """A JupyterLab server on localhost serving a copy of notebook 04 with a stored run: (url, token)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make setup does)")
-    pytest.importorskip("playwright.sync_api")
-    base = tmp_path_factory.mktemp("lab")
-    nbdir, settings = base / "notebooks", base / "settings"
-    nbdir.mkdir()
-    shutil.copy(ROOT / "notebooks" / "04_entropy.ipynb", nbdir)
-    # TAO_LAB_RUN_DIR holds the notebooks' run folders; notebook 04 at smoke size reads this one
-    make_run_store(base / "runs" / store_name(["arith-L1", "arith-L3"], 2, 4, 128, seed=1))
-    _write_settings(settings)
+@contextmanager
+def jupyter_lab(base: Path, nbdir: Path, settings: Path, env: dict):
+    """A JupyterLab server on localhost serving `nbdir` with the user settings in `settings`:
+    yields (url, token); the server and its kernels are stopped afterwards."""
     port, token = _free_port(), uuid.uuid4().hex
-    env = {**os.environ, "TAO_LAB_SMOKE": "1", "TAO_LAB_RUN_DIR": str(base / "runs"),
-           "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
+    env = {**env, "JUPYTER_CONFIG_DIR": str(base / "config"), "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
            "TOKENIZERS_PARALLELISM": "false"}
     log = open(base / "jupyter.log", "w")
     proc = subprocess.Popen(
@@ -105,7 +96,7 @@ def lab(tmp_path_factory):
                 pytest.fail(f"jupyter lab did not answer on {url} within 120 s; log:\n"
                             f"{(base / 'jupyter.log').read_text()[-3000:]}")
             time.sleep(1)
-        yield url, token, base
+        yield url, token
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernel it started (our own group)
@@ -116,6 +107,24 @@ def lab(tmp_path_factory):
             except ProcessLookupError:
                 pass
         log.close()
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on localhost serving a copy of notebook 04 with a stored run: (url, token)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not found: install Debian's chromium (make setup does)")
+    pytest.importorskip("playwright.sync_api")
+    base = tmp_path_factory.mktemp("lab")
+    nbdir, settings = base / "notebooks", base / "settings"
+    nbdir.mkdir()
+    shutil.copy(ROOT / "notebooks" / "04_entropy.ipynb", nbdir)
+    # TAO_LAB_RUN_DIR holds the notebooks' run folders; notebook 04 at smoke size reads this one
+    make_run_store(base / "runs" / store_name(["arith-L1", "arith-L3"], 2, 4, 128, seed=1))
+    _write_settings(settings)
+    env = {**os.environ, "TAO_LAB_SMOKE": "1", "TAO_LAB_RUN_DIR": str(base / "runs")}
+    with jupyter_lab(base, nbdir, settings, env) as (url, token):
+        yield url, token, base
 
 
 PENDING_CELLS = """() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]

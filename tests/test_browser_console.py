@@ -14,18 +14,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
 
 from test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, KERNEL_IDLE, PENDING_CELLS, ROOT, SECOND,
-                          _free_port, _write_settings)
+                          _write_settings, jupyter_lab)
 
 pytestmark = pytest.mark.browser
 
@@ -41,44 +36,10 @@ def lab05(tmp_path_factory):
     nbdir.mkdir()
     shutil.copy(ROOT / "notebooks" / "05_training.ipynb", nbdir)
     _write_settings(settings)
-    port, token = _free_port(), uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if k != "TAO_LAB_RUN_DIR"}   # the default: runs/ here
-    env.update({"TAO_LAB_SMOKE": "1", "JUPYTER_CONFIG_DIR": str(base / "config"),
-                "JUPYTER_RUNTIME_DIR": str(base / "runtime"), "TOKENIZERS_PARALLELISM": "false"})
-    log = open(base / "jupyter.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={nbdir}",
-         f"--LabApp.user_settings_dir={settings}", f"--LabApp.workspaces_dir={base / 'workspaces'}",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
-         *(["--allow-root"] if os.geteuid() == 0 else [])],
-        cwd=nbdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"jupyter lab exited with code {proc.returncode}; log:\n{(base / 'jupyter.log').read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"jupyter lab did not answer on {url} within 120 s")
-            time.sleep(1)
+    env["TAO_LAB_SMOKE"] = "1"
+    with jupyter_lab(base, nbdir, settings, env) as (url, token):
         yield url, token, nbdir
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the kernel it started (our own group)
-            proc.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.close()
 
 
 STATUS = "() => document.querySelector('.tao-console-status').innerText"
