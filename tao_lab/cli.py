@@ -137,16 +137,20 @@ def cmd_resume(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .evaluate import EvalConfig, evaluate, load_trained, save_eval
+    from .evaluate import EvalConfig, evaluate, load_trained, save_eval, trained_config
     from .models import load_policy
     from .rollout import RolloutConfig
-    from .tasks import load_tasks
+    from .tasks import DEFAULT_TASKS, load_tasks
 
     try:   # bad input fails here, before the model loads
-        ecfg = EvalConfig(tasks=args.tasks, split=args.split, limit=args.n, k=args.k,
+        # a run is evaluated on its own held-out source unless --tasks/--split say otherwise
+        run_cfg = trained_config(args.run)[0] if args.run else None
+        src = args.tasks or (run_cfg.data.eval_tasks or run_cfg.data.tasks if run_cfg else DEFAULT_TASKS)
+        split = args.split or (run_cfg.data.eval_split if run_cfg else "test")
+        ecfg = EvalConfig(tasks=src, split=split, limit=args.n, k=args.k,
                           max_new_tokens=args.max_new_tokens, seed=args.seed)
         tasks = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         return _error(e)
     if args.run:
         model, tok, cfg, step = load_trained(args.run)
@@ -170,6 +174,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+DEMO_MARK = ".tao_lab_demo"   # the demo clears only folders it made (or empty ones): nothing else is lost
+
+
+def _check_demo_folder(out: Path) -> None:
+    if out.exists() and any(out.iterdir()) and not (out / DEMO_MARK).exists():
+        raise ValueError(f"{out} is not empty and was not made by `tao-lab demo`; the demo clears its folder, "
+                         f"so pass --out NEW_DIR (or remove {out} yourself)")
+
+
 def cmd_demo(args) -> int:
     """`make demo`: a short TAO-RL run (cpu_demo) on the bundled tasks, a held-out evaluation before
     and after, and a self-contained HTML report."""
@@ -186,13 +199,16 @@ def cmd_demo(args) -> int:
     try:   # bad input fails here, before the folder is cleared and the model loads
         cfg = make_config("cpu_demo", "tao", overrides)
         _check_tasks(cfg.data)
+        out = Path(cfg.run.out_dir)
+        _check_demo_folder(out)
     except ValueError as e:
         return _error(e)
     fetch_model()
-    out = Path(cfg.run.out_dir)
     if out.exists():
         import shutil
-        shutil.rmtree(out)   # the demo always starts fresh
+        shutil.rmtree(out)   # the demo always starts fresh (in a folder an earlier demo made)
+    out.mkdir(parents=True)
+    (out / DEMO_MARK).write_text("made by `tao-lab demo`, which clears this folder when it runs again\n")
     ecfg = EvalConfig(tasks=cfg.data.eval_tasks or cfg.data.tasks, split=cfg.data.eval_split,
                       limit=args.eval_n, k=args.eval_k, max_turns=cfg.rollout.max_turns,
                       max_new_tokens=cfg.rollout.max_new_tokens)
@@ -363,8 +379,10 @@ def _add_run_commands(sub, work_modes) -> None:
     e = sub.add_parser("eval", help="Avg@k / Pass@k and tool telemetry on held-out tasks, saved as a run")
     e.add_argument("--run", default=None, help="a training run folder: evaluate its newest checkpoint")
     e.add_argument("--model", default="smollm2-135m", help="without --run: a model to evaluate as it is")
-    e.add_argument("--tasks", default=DEFAULT_TASKS, help=_tasks_help())
-    e.add_argument("--split", default="test", help="train | test (bundled sets)")
+    e.add_argument("--tasks", default=None, help=_tasks_help() + f"; default: with --run the run's held-out "
+                   f"source (data.eval_tasks, else data.tasks), else {DEFAULT_TASKS}")
+    e.add_argument("--split", default=None, help="train | test (bundled sets); default: the run's data.eval_split "
+                   "with --run, test without")
     e.add_argument("--n", type=int, default=16, help="number of tasks")
     e.add_argument("--k", type=int, default=4, help="samples per task")
     e.add_argument("--max-new-tokens", type=int, default=256, help="completion budget per episode")
@@ -385,7 +403,9 @@ def _add_run_commands(sub, work_modes) -> None:
     d.add_argument("--eval-k", type=int, default=4, help="samples per held-out task")
     d.add_argument("--seed", type=int, default=0, help="run seed")
     d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
-    d.add_argument("--out", default="runs/demo", help="run folder (cleared first: the demo starts fresh)")
+    d.add_argument("--out", default="runs/demo", 
+                   help="run folder (cleared first if an earlier demo made it: the demo starts fresh; "
+                   "any other non-empty folder is refused)")
     d.set_defaults(fn=cmd_demo)
 
 

@@ -109,13 +109,18 @@ def save_eval(run_dir: str | os.PathLike, label: str, trajs: list[Trajectory], m
     return store.path
 
 
-def load_trained(run_dir: str | os.PathLike) -> tuple:
-    """(model, tokenizer, TrainConfig, step) with the newest checkpoint's adapter of a run."""
+def trained_config(run_dir: str | os.PathLike) -> tuple:
+    """(TrainConfig, step, checkpoint path) of a run's newest checkpoint, without loading a model."""
     path = ckpt.latest_path(run_dir)
     if path is None:
         raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
     saved = ckpt.read_state(path)
-    cfg = config_from_dict(saved["config"])
+    return config_from_dict(saved["config"]), saved["step"], path
+
+
+def load_trained(run_dir: str | os.PathLike) -> tuple:
+    """(model, tokenizer, TrainConfig, step) with the newest checkpoint's adapter of a run."""
+    cfg, step, path = trained_config(run_dir)
     model, tok = load_model(cfg.model, cfg.seed)
     ckpt.load_adapter(model, path)
-    return model.eval(), tok, cfg, saved["step"]
+    return model.eval(), tok, cfg, step

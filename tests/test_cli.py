@@ -52,7 +52,8 @@ def test_rollout_eval_train_and_demo_default_to_one_task_set():
 
     cmds = _subcommands()
     parsed = {c: cmds[c].get_default("tasks") for c in ("rollout", "eval", "demo")}
-    assert parsed == {"rollout": DEFAULT_TASKS, "eval": DEFAULT_TASKS, "demo": DEFAULT_TASKS}
+    assert parsed == {"rollout": DEFAULT_TASKS, "eval": None, "demo": DEFAULT_TASKS}   # eval: the run's, else:
+    assert cli.main(["eval", "--run", "/nonexistent/run"]) == 2                       # (checked before a model)
     assert cmds["train"].get_default("preset") == "cpu_demo"
     assert make_config("cpu_demo", "tao", []).data.tasks == DataConfig().tasks == EvalConfig().tasks == DEFAULT_TASKS
 
@@ -99,6 +100,24 @@ def test_train_and_demo_with_an_unknown_task_set_fail_before_any_model_loads(tmp
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: unknown task source"), (argv, err)
     assert (kept / "mine.txt").exists() and not (tmp_path / "t").exists()
+
+
+def test_demo_clears_only_a_folder_an_earlier_demo_made(tmp_path, capsys, monkeypatch):
+    import tao_lab.models as models
+
+    def no_model(*a, **k):
+        raise AssertionError("a model was loaded before the folder was checked")
+
+    monkeypatch.setattr(models, "fetch_model", no_model)
+    kept = tmp_path / "my_run"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("a week of results")
+    assert cli.main(["demo", "--out", str(kept)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not made by `tao-lab demo`" in err[0] and (kept / "notes.txt").exists()
+    (kept / cli.DEMO_MARK).write_text("")          # an earlier demo's folder: cleared, so the model is reached
+    with pytest.raises(AssertionError, match="before the folder was checked"):
+        cli.main(["demo", "--out", str(kept)])
 
 
 @pytest.mark.smoke
