@@ -150,6 +150,13 @@ def eval_label(label: str) -> str:
     return label
 
 
+def _duration(seconds: float) -> str:
+    """12.3 s / 4.5 min / 2.1 h; "?" when unknown (a tiny run's steps take well under a tenth of a minute)."""
+    if seconds != seconds:
+        return "?"
+    return f"{seconds:.1f} s" if seconds < 60 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def headline(train_cfg: dict, metrics: pd.DataFrame, evals: pd.DataFrame) -> dict[str, str]:
     """What the run was and what it did, in one line of facts: method, model, tasks, steps, wall time,
     and the held-out accuracy before -> after with its sample size."""
@@ -158,7 +165,7 @@ def headline(train_cfg: dict, metrics: pd.DataFrame, evals: pd.DataFrame) -> dic
     head = {"method": train_cfg.get("method", "?"), "model": train_cfg.get("model", {}).get("name", "?"),
             "tasks": train_cfg.get("data", {}).get("tasks", "?"), "steps": str(int(last["step"])),
             "skipped steps": str(int(metrics.get("skipped", pd.Series([0])).sum())),
-            "training time": f"{wall / 60:.1f} min" if wall == wall else "?"}
+            "training time": _duration(wall)}
     avg = [c for c in evals.columns if c.startswith("eval/avg@")] if not evals.empty else []
     if avg and len(evals) >= 1:
         col = avg[0]

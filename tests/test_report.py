@@ -32,6 +32,7 @@ def test_headline_gives_method_model_tasks_wall_time_and_held_out_change_with_it
     head = report.headline(cfg, metrics, evals)
     assert head["method"] == "tao" and head["steps"] == "2" and head["skipped steps"] == "1"
     assert head["training time"] == "2.5 min"
+    assert report._duration(3.04) == "3.0 s" and report._duration(float("nan")) == "?"   # tiny runs: not "0.0 min"
     assert head["held-out avg@4"] == "0.250 → 0.500 (32 samples; before training → after step 2)"
 
 
