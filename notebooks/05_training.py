@@ -35,8 +35,9 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from tao_lab import config_changes, filters, plots, rundir, trainer, update, widgets
+from tao_lab import config_changes, filters, plots, rundir, trainer, update
 from tao_lab.advantages import shape_advantages
+from tao_lab.console import TrainingConsole
 from tao_lab.hooks import SeededStream
 from tao_lab.loss import policy_loss
 from tao_lab.presets import make_config
@@ -165,7 +166,7 @@ assert torch.isfinite(loss)
 # ## 3. The loop, live: a training console
 # `Trainer.step()` runs exactly those calls (plus micro-batching, gradient accumulation, clipping,
 # the optimizer step, telemetry and the run store). The console below puts the filter and shaping
-# controls of `tao_lab.widgets` on this trainer:
+# controls of `tao_lab.widgets` on this trainer (`tao_lab.console`):
 #
 # - **Apply** makes the settings shown the config of the *next* step (`Trainer.apply_config`: the
 #   dataclasses validate them, and each changed field is written to `config_changes.jsonl` in the run
@@ -179,7 +180,7 @@ assert torch.isfinite(loss)
 # rest of the planned run (`run.steps`: 6 here, 2 at smoke size), which the next cell trains.
 
 # %%
-console = widgets.TrainingConsole(tr, steps=max(1, cfg.run.steps - 1))
+console = TrainingConsole(tr, steps=max(1, cfg.run.steps - 1))
 display(console)
 console.train(1)
 assert len(console.history) == tr.state.step >= 1

@@ -40,7 +40,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from tao_lab import bfcl, filters, plots
+from tao_lab import bfcl, bfcl_checker, filters, plots
 from tao_lab.methods.toolexpander import HardSampleSource, self_example_check
 from tao_lab.models import load_policy
 from tao_lab.presets import make_config
@@ -177,7 +177,7 @@ assert self_example_check(genuine, question)[0] and not self_example_check(copie
 # ToolExpander's own setting. The questions and their possible answers come from the `bfcl-eval`
 # wheel (downloaded, never installed; without the network a small sample in the same layout is
 # used). The model must answer with `<tool_call>[{"name": …, "arguments": {…}}]</tool_call>`;
-# `bfcl.check` applies BFCL's AST rules (function name, required parameters, no unknown ones,
+# `bfcl_checker.check` applies BFCL's AST rules (function name, required parameters, no unknown ones,
 # values of the right type among the allowed ones), and the ToolRL-style reward is
 # R_format ∈ {0, 1} + R_correct ∈ [−3, 3].
 
@@ -191,12 +191,12 @@ question_task = bfcl.load_bfcl("bfcl:simple_python", "test", wheel)[0]
 print(question_task.prompt[:400])
 episode, _ = generate(model, tok, [question_task],
                       replace(ro, group_size=1, max_new_tokens=64 if SMOKE else 160, tools=False, seed=3))
-result = bfcl.score_text(episode[0].text, question_task)
+result = bfcl_checker.score_text(episode[0].text, question_task)
 print("\nmodel wrote:", episode[0].text[:300])
 print("verdict:", result.verdict)
 print(f"reward: R_format {result.r_format} + R_correct {result.r_correct:+.2f} = {result.reward:+.2f}")
 print("a correct answer:", bfcl.gold_text(question_task))
-gold = bfcl.score_text(bfcl.gold_text(question_task), question_task)
+gold = bfcl_checker.score_text(bfcl.gold_text(question_task), question_task)
 assert gold.verdict.valid and gold.reward == 4.0
 sandbox.close()
 TokenView(episode[0], tok)

@@ -6,7 +6,7 @@ telemetry as a training step. `save_eval` stores it under run_dir/evals/<label>/
 store (trajectories + one metrics line), which report.py reads; `load_trained` rebuilds the policy
 of a training run from its newest checkpoint.
 
-BFCL tasks (tasks.load_tasks("bfcl")) are scored by BFCL's AST rules (bfcl.py), with eval/bfcl/<category>.
+BFCL tasks (tasks.load_tasks("bfcl")) are scored by BFCL's AST rules (bfcl_checker.py), with eval/bfcl/<category>.
 
 Not covered: greedy Maj@k voting, per-level breakdowns (group the stored trajectories by task id).
 """
@@ -67,7 +67,7 @@ def evaluate(model, tok, tasks: Sequence, cfg: EvalConfig, rollout: RolloutConfi
     t0 = time.perf_counter()
     trajs, stats = rollout_stage(model, tok, tasks, rcfg, pool, cfg.seed, merge=merge, progress=progress)
     bfcl_tasks = bool(tasks) and all((t.meta or {}).get("format") == "bfcl" for t in tasks)
-    if bfcl_tasks:                             # function calling: BFCL's AST verdict (tao_lab/bfcl.py)
+    if bfcl_tasks:                             # function calling: BFCL's AST verdict (tao_lab/bfcl_checker.py)
         from .bfcl import category_accuracy, make_reward_fn
         _, rmetrics = make_reward_fn(tasks, (reward or RewardConfig()).self_example_bonus)(trajs, 0)
         rmetrics.update(category_accuracy(trajs, tasks))

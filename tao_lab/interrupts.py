@@ -8,7 +8,8 @@
             ...
         guard.clear()                      # after an exception: no longer deferring
 
-The trainer's step is the caller; its checkpoint on KeyboardInterrupt lives in Trainer.train.
+Callers: the trainer's step (its checkpoint on KeyboardInterrupt lives in Trainer.train) and
+SFTRun.step (sft.py; likewise SFTRun.train).
 """
 
 from __future__ import annotations

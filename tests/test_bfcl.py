@@ -1,5 +1,6 @@
-"""Function calling on BFCL (tao_lab/bfcl.py): data read from a wheel-layout zip, the tool-call
-parser, BFCL's AST rules, the ToolRL-style reward, evaluation, and `--method toolexpander` on BFCL.
+"""Function calling on BFCL (tao_lab/bfcl.py, its checker tao_lab/bfcl_checker.py): data read from a
+wheel-layout zip, the tool-call parser, BFCL's AST rules, the ToolRL-style reward, evaluation, and
+`--method toolexpander` on BFCL.
 Fast tests use a small zip in the wheel's layout; the smoke test reads the real bfcl-eval wheel and
 checks that tao_lab's checker agrees with the wheel's own on every question."""
 
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 from e2e_policy import ASSISTANT, ChatByteTokenizer
-from tao_lab import bfcl
-from tao_lab.bfcl import CallError, check, gold_call, gold_text, parse_calls, score_text
+from tao_lab import bfcl, bfcl_checker
+from tao_lab.bfcl import gold_call, gold_text
+from tao_lab.bfcl_checker import CallError, check, parse_calls, score_text
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +109,7 @@ def test_random_garbage_raises_call_error_and_nothing_else():
             parse_calls(text)
         except CallError:
             pass
-    assert isinstance(bfcl.score_text(None, None).verdict, bfcl.Verdict)          # never raises
+    assert isinstance(score_text(None, None).verdict, bfcl_checker.Verdict)          # never raises
 
 
 # -- BFCL's AST rules

@@ -1,13 +1,18 @@
-"""The supervised stage: expert text -> masked Trajectory, masked NLL, the loop, resume, errors."""
+"""The supervised stage (sft.py; its data, sft_data.py): expert text -> masked Trajectory, masked NLL,
+the loop, resume, errors."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
+from tao_lab import checkpoint as ckpt
 from tao_lab import sft as S
+from tao_lab import sft_data as D
 from tao_lab.models import ModelConfig
 from tao_lab.tasks import load_demos
 from train_helpers import one_thread  # noqa: F401
@@ -23,7 +28,7 @@ def tiny_sft(tmp_path, **kw):
 
 def test_a_demonstration_trains_on_model_text_and_masks_the_tool_observation(smol_tokenizer):
     demo = load_demos(protocol="fenced")[0]
-    tr = S.demo_to_trajectory(demo, smol_tokenizer)
+    tr = D.demo_to_trajectory(demo, smol_tokenizer)
     tok = smol_tokenizer
     trained = tok.decode([t for t, m in zip(tr.token_ids, tr.mask) if m])
     forced = tok.decode([t for t, m in zip(tr.token_ids, tr.mask) if not m])
@@ -35,7 +40,7 @@ def test_a_demonstration_trains_on_model_text_and_masks_the_tool_observation(smo
 
 def test_tags_demonstrations_mask_the_result_block(smol_tokenizer):
     demo = load_demos(protocol="tags")[0]
-    tr = S.demo_to_trajectory(demo, smol_tokenizer)
+    tr = D.demo_to_trajectory(demo, smol_tokenizer)
     forced = smol_tokenizer.decode([t for t, m in zip(tr.token_ids, tr.mask) if not m])
     assert forced == "\n<result>\n11382\n</result>\n"
 
@@ -44,17 +49,17 @@ def test_every_bundled_demonstration_converts():
     from tao_lab.models import load_tokenizer
     tok = load_tokenizer()
     demos = load_demos()
-    trajs = [S.demo_to_trajectory(d, tok) for d in demos]
+    trajs = [D.demo_to_trajectory(d, tok) for d in demos]
     assert all(t.n_tool_calls == len(d.steps) for t, d in zip(trajs, demos))
 
 
 def test_an_observation_that_differs_from_the_recorded_output_is_an_error():
     with pytest.raises(ValueError, match="tool call 0"):
-        S.split_completion("x\n```python\nprint(1)\n```\nCode execution result: 2\ndone", "fenced", ["1"])
+        D.split_completion("x\n```python\nprint(1)\n```\nCode execution result: 2\ndone", "fenced", ["1"])
 
 
 def test_without_outputs_the_observation_is_read_by_the_protocol_syntax():
-    segs = S.split_completion("a\n<python>\nprint(1)\n</python>\n<result>\n1\n</result>\nb", "tags")
+    segs = D.split_completion("a\n<python>\nprint(1)\n</python>\n<result>\n1\n</result>\nb", "tags")
     assert [(s.text, s.forced) for s in segs] == [
         ("a\n<python>\nprint(1)\n</python>", False), ("\n<result>\n1\n</result>\n", True), ("b", False)]
 
@@ -89,7 +94,7 @@ def test_masked_nll_equals_cross_entropy_token_mean_over_the_mask():
 def test_through_the_model_prompt_and_tool_output_logits_get_no_gradient(tiny, smol_tokenizer):
     from tao_lab.update import collate
     model, tok = tiny
-    tr = S.demo_to_trajectory(load_demos(protocol="fenced")[0], tok)
+    tr = D.demo_to_trajectory(load_demos(protocol="fenced")[0], tok)
     mb = collate([tr], [1.0], tok.pad_token_id, "cpu")
     logits = model(input_ids=mb.input_ids, logits_to_keep=mb.input_ids.shape[1] - mb.start).logits[:, :-1]
     logits.retain_grad()
@@ -123,6 +128,22 @@ def test_a_resumed_sft_run_has_the_uninterrupted_runs_losses(tmp_path):
     assert got == want
 
 
+def test_a_signal_during_a_steps_bookkeeping_waits_until_the_step_is_recorded(tmp_path):
+    run = S.SFTRun(tiny_sft(tmp_path, steps=4))
+    record, before = run.store.append_metrics, signal.getsignal(signal.SIGTERM)
+
+    def record_after_a_signal(m):
+        os.kill(os.getpid(), signal.SIGTERM)       # arrives after the optimizer step, before the metrics
+        record(m)
+
+    run.store.append_metrics = record_after_a_signal
+    with pytest.raises(KeyboardInterrupt):
+        run.train()
+    assert run.step_no == 1 and list(run.store.metrics()["step"]) == [1]   # the step finished, then stopped
+    assert ckpt.latest(tmp_path) == 1                                       # train() saved it
+    assert signal.getsignal(signal.SIGTERM) is before                       # handlers given back
+
+
 def test_an_sft_adapter_feeds_an_rl_trainer(tmp_path):
     from tao_lab import checkpoint as ckpt
     from tao_lab.trainer import Trainer
@@ -144,7 +165,7 @@ def test_an_empty_example_set_is_a_clear_error(tmp_path):
 
 
 def test_examples_without_trainable_tokens_are_a_clear_error(tmp_path, smol_tokenizer):
-    tr = S.demo_to_trajectory(load_demos(protocol="fenced")[0], smol_tokenizer)
+    tr = D.demo_to_trajectory(load_demos(protocol="fenced")[0], smol_tokenizer)
     tr.mask = [0] * len(tr.mask)
     with pytest.raises(ValueError, match="trainable"):
         S.SFTRun(tiny_sft(tmp_path), examples=[tr])
@@ -152,7 +173,7 @@ def test_examples_without_trainable_tokens_are_a_clear_error(tmp_path, smol_toke
 
 def test_a_max_len_below_every_example_says_what_was_dropped(tmp_path, smol_tokenizer):
     with pytest.raises(ValueError, match="too_long"):
-        S.load_examples(tiny_sft(tmp_path, max_len=10), smol_tokenizer)
+        D.load_examples(tiny_sft(tmp_path, max_len=10), smol_tokenizer)
 
 
 def test_config_errors_name_the_field():
@@ -164,12 +185,12 @@ def test_config_errors_name_the_field():
 
 def test_rejection_sampling_keeps_only_verified_correct_trajectories(tmp_path, smol_tokenizer):
     demos = load_demos(protocol="fenced")[:4]
-    trajs = [S.demo_to_trajectory(d, smol_tokenizer) for d in demos]
+    trajs = [D.demo_to_trajectory(d, smol_tokenizer) for d in demos]
     trajs[1].text = trajs[1].text.replace("\\boxed{", "\\boxed{9")       # now wrong
     for t in trajs:
         t.reward = 1.0                                                  # a shaped reward would lie
     S.RunStore(tmp_path).write_step(1, trajs)
-    kept, counts = S.select_from_run(tmp_path, [1], "correct")
+    kept, counts = D.select_from_run(tmp_path, [1], "correct")
     assert [t.task_id for t in kept] == [demos[i].id for i in (0, 2, 3)]
     assert counts["rejected"] == 1 and counts["correct_verified"] == 4
 
@@ -216,10 +237,10 @@ def test_model_init_adapter_starts_a_train_run_from_the_sft_adapter_and_resume_k
 
 def test_the_experts_source_builds_verified_expert_trajectories_in_the_real_sandbox(smol_tokenizer):
     cfg = S.SFTConfig(data="experts:arith-L1:6", template="few_shot")
-    examples, counts = S.load_examples(cfg, smol_tokenizer)
+    examples, counts = D.load_examples(cfg, smol_tokenizer)
     assert counts["read"] == 6 and counts["examples"] == len(examples) >= 5
     t = examples[0]
     assert t.tool_calls and sum(t.mask) < len(t.mask)            # the observation is forced (mask 0)
     assert "\\boxed{" + t.answer + "}" in smol_tokenizer.decode(t.token_ids)
     with pytest.raises(ValueError, match="experts:TASKS"):
-        S.load_examples(S.SFTConfig(data="experts:arith-L1:x"), smol_tokenizer)
+        D.load_examples(S.SFTConfig(data="experts:arith-L1:x"), smol_tokenizer)

@@ -1,4 +1,5 @@
-"""The live panel, headless: build it on a stored run, move controls, check what was recomputed."""
+"""The live panel (widgets.py), headless: build it on a stored run, move controls, check what was
+recomputed; the training console (console.py) on a live trainer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from runstore_fixture import make_run_store
 from tao_lab import config_changes, widgets
 from tao_lab.advantages import ShapingConfig
+from tao_lab.console import TrainingConsole
 from tao_lab.filters import FilterConfig
 from train_helpers import alternating_reward, one_thread, pool, tiny_cfg  # noqa: F401
 
@@ -164,7 +166,7 @@ def console(tmp_path, one_thread, pool):  # noqa: F811
     from tao_lab.trainer import Trainer
 
     tr = Trainer(tiny_cfg(), tmp_path / "run", reward_fn=alternating_reward, pool=pool)
-    yield widgets.TrainingConsole(tr, steps=1)
+    yield TrainingConsole(tr, steps=1)
     tr.close()
 
 

@@ -195,9 +195,9 @@ class E3TIRSource:
 
     def expert_row(self, like: Trajectory) -> Trajectory | None:
         """The off-policy expert row for the group of rollout row `like` (None when its prompt got
-        no anchors this step): the expert text as sft.text_to_trajectory tokenises it, on `like`'s
+        no anchors this step): the expert text as sft_data.text_to_trajectory tokenises it, on `like`'s
         prompt ids, reward 1, behaviour log-prob 0."""
-        from ..sft import text_to_trajectory
+        from ..sft_data import text_to_trajectory
 
         e = self.guided.get(like.task_id)
         if e is None:
