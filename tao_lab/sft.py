@@ -25,7 +25,7 @@ Choices, stated once:
   - The training forward asks for logits only from the first completion position on
     (`logits_to_keep`), and the NLL is taken only at trainable positions: a masked token contributes
     nothing and gets exactly zero gradient.
-  - Observations are tokenised on their own, as the rollout does (rollout._finish_call), so an SFT
+  - Observations are tokenised on their own, as the rollout does (episode.finish_call), so an SFT
     example tokenises like the episode the policy would later sample, tool output included.
   - Demonstrations end with the tokenizer's end-of-sequence token (trainable, `SFTConfig.eos`): the
     rollout ends an episode only at EOS, so a policy that never learnt to stop would run on to the
