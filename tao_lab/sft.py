@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .models import ModelConfig
+from .models import ModelConfig, load_model
 from .records import RunStore, ToolCall, Trajectory
 from .toolcall import PROTOCOLS, find_tool_call, format_observation, has_boxed, is_valid_call
 
@@ -426,7 +426,6 @@ class SFTRun:
     def __init__(self, cfg: SFTConfig, run_dir=None, *, model=None, tok=None,
                  examples: list[Trajectory] | None = None, write_config: bool = True):
         from .runinfo import git_revision, versions
-        from .trainer import load_model
 
         self.cfg = cfg
         self.store = RunStore(run_dir or cfg.out_dir)
@@ -594,8 +593,6 @@ def load_sft_policy(run_dir, model_cfg: ModelConfig | None = None, seed: int = 0
     `model_cfg` (the RL run's) must have the SFT run's adapter layout (lora_r, target_modules);
     default: the SFT run's own ModelConfig.
     """
-    from .trainer import load_model
-
     path = ckpt.latest_path(run_dir)
     if path is None:
         raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}")
