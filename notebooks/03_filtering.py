@@ -41,7 +41,7 @@ from tao_lab import explore, filters, plots, widgets
 from tao_lab.advantages import group_advantages
 from tao_lab.filters import FilterConfig
 from tao_lab.records import trajectories_frame
-from tao_lab.rollout import sample_or_load
+from tao_lab.stored_rollouts import sample_or_load
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer tasks, shorter episodes
 plots.use_offline_renderer()                      # charts as SVG: no network, no JavaScript needed

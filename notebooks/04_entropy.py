@@ -39,7 +39,7 @@ from tao_lab import explore, plots, widgets
 from tao_lab.advantages import ShapingConfig
 from tao_lab.filters import FilterConfig
 from tao_lab.models import load_tokenizer
-from tao_lab.rollout import sample_or_load
+from tao_lab.stored_rollouts import sample_or_load
 from tao_lab.tokenview import TokenView
 
 SMOKE = os.environ.get("TAO_LAB_SMOKE") == "1"   # tests set this: fewer tasks, shorter episodes

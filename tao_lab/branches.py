@@ -159,7 +159,7 @@ class Fork:
 
 
 class BranchPolicy(Protocol):
-    """Called once per decode step. `episodes[task]` lists that task's episodes (rollout.Episode:
+    """Called once per decode step. `episodes[task]` lists that task's episodes (episode.Episode:
     .traj records so far, .turn_starts, .done, .waiting, .can_fork(pos)); `free[task]` is how many
     rows that task still has. Returns the forks to make now (those over budget are refused and
     counted in RolloutStats.branch_refused)."""

@@ -105,7 +105,7 @@ def find_runs(paths: Sequence[str | os.PathLike]) -> list[tuple[str, int, Path]]
 
 def work_mode(train: dict) -> tuple[str, str]:
     """(TrainConfig.work of a run, its budget in words). A stored config without `work` predates the
-    switch and ran "equal_rollouts" (trainer.config_from_dict reads it so); no config at all: "?"."""
+    switch and ran "equal_rollouts" (train_config.config_from_dict reads it so); no config at all: "?"."""
     if not train:
         return "?", "budget ?"
     work = train.get("work", "equal_rollouts")

@@ -29,8 +29,10 @@ from .records import RunStore, Trajectory, is_correct
 from .rewards import RewardConfig, score
 from .rollout import RolloutConfig
 from .tasks import DEFAULT_TASKS
+from .models import load_model
 from .telemetry import telemetry
-from .trainer import config_from_dict, load_model, rollout_stage
+from .train_config import config_from_dict
+from .trainer import rollout_stage
 
 
 @dataclass

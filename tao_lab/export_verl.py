@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from .trainer import TrainConfig, config_from_dict
+from .train_config import TrainConfig, config_from_dict
 
 NEVER_BINDS = 1e9  # verl always applies the dual clip and the grad clip (max_norm 0 would zero the grads):
                    # a bound this large never binds, which is tao_lab's "off" (None / 0) [recon]

@@ -81,7 +81,7 @@ REFILLS = ("duplicate", "subsample", "none", "dynamic")
 #                   as the authors' code does [code] (trainer.step_filter_config). Comparisons' default.
 #   equal_rollouts  every arm rolls out the same ceil(B x oversample) groups per step and trains on
 #                   whatever its filters keep (an arm without refill then trains on up to 2-3x B).
-#                   What runs made before this switch did (trainer.config_from_dict reads them so).
+#                   What runs made before this switch did (train_config.config_from_dict reads them so).
 WORK_MODES = ("equal_groups", "equal_rollouts")
 
 

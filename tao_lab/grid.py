@@ -188,7 +188,7 @@ def base_eval_key(spec: GridSpec, cfg) -> str:
     the base model; an init_adapter is part of the model config and so of the key)."""
     import hashlib
 
-    from .trainer import TINY_MODEL
+    from .models import TINY_MODEL
 
     # the tiny random test model's weights come from the run seed: there the seed stays in the key
     model = {k: v for k, v in asdict(cfg.model).items() if k != "seed"}

@@ -31,11 +31,12 @@ from typing import Callable, Sequence
 
 from .filters import FilterConfig
 from .methods.arms import ARMS as METHODS
-from .models import ModelConfig
+from .models import TINY_MODEL, ModelConfig
 from .rollout import RolloutConfig
 from .tasks import DEFAULT_TASKS
 from .optim import OptimConfig
-from .trainer import SECTIONS, TINY_MODEL, DataConfig, RunConfig, TrainConfig, UpdateConfig
+from .train_config import SECTIONS, DataConfig, RunConfig, TrainConfig
+from .update import UpdateConfig
 
 # ----------------------------------------------------------------------------------------------
 # Presets: sizes

@@ -21,7 +21,7 @@ The sampler is then not the policy: KL(fp32 || int8) ≈ 0.017 nats per position
 prompt, so its token log-probs differ from the policy's. The update corrects for it with truncated
 importance sampling (UpdateConfig.is_correction="tis", loss.truncated_is_weights) [code: TRL's
 vllm_importance_sampling_correction, verl's rollout correction]; the Trainer refuses int8 without it
-(trainer.check_sampler). Off by default until a learning-curve comparison against fp32 rollouts
+(train_config.check_sampler). Off by default until a learning-curve comparison against fp32 rollouts
 shows the corrected int8 run learns as well.
 
 Not covered: CUDA (a CUDA model is refused), 4-bit / 8-bit base layers, caching the frozen

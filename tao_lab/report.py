@@ -293,8 +293,7 @@ def _vl_version() -> str:
 
 def _tokenizer_for(train_cfg: dict):
     """The run's tokenizer (for token views) when it can be loaded offline, else None."""
-    from .models import load_tokenizer
-    from .trainer import TINY_MODEL
+    from .models import TINY_MODEL, load_tokenizer
 
     name = train_cfg.get("model", {}).get("name", "smollm2-135m")
     try:

@@ -13,6 +13,7 @@ Episode rules (METHODS.md §0, SimpleTIR / TAO-RL):
   - a turn that ends with neither a tool call nor `\\boxed{` is a *void turn*: the episode ends;
   - after `max_turns` turns (tool observation appended) the episode ends with `max_turns`;
   - hitting `max_new_tokens` (sampled + forced tokens) ends it with `token_budget`, truncated=True.
+(episode.py holds an episode's state and applies these rules; this module runs the batch.)
 
 Recorded per token (records.Trajectory): id, mask (1 sampled / 0 forced), logprob and
 full-vocabulary entropy of the temperature-scaled distribution the token was sampled from (from the
@@ -25,7 +26,7 @@ never re-tokenised.
 Speed (DESIGN.md §7): each distinct prompt is prefilled once and its KV cache forked to its G rows;
 before that, token prefixes several prompts share (the system text; the few-shot demonstrations of
 tasks of one kind) are prefilled once and forked, so each prompt prefills only what is its own
-(cfg.shared_prefix, prefix_tree_plan); the cache is preallocated (engine.KVEngine); sandbox calls
+(cfg.shared_prefix, prefix.prefix_tree_plan); the cache is preallocated (engine.KVEngine); sandbox calls
 run concurrently in a warm pool.
 """
 
@@ -34,8 +35,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -43,9 +43,10 @@ import torch
 from .engine import KVEngine, make_engine
 from .quant import QUANTIZE_MODES, rollout_model
 from .branches import BranchPolicy, Prefix
-from .records import ToolCall, Trajectory, post_tool_gate
+from .episode import Episode, after_sample, finish_call
+from .prefix import prefix_tree_plan
+from .records import Trajectory
 from .sandbox.common import DEFAULT_TIMEOUT_S
-from .toolcall import find_tool_call, format_observation, has_boxed, is_valid_call
 
 
 @dataclass
@@ -125,91 +126,6 @@ class RolloutStats:
         d.update({f"finish/{k}": v for k, v in self.finish.items()})
         return {prefix + k: v for k, v in d.items()}
 
-
-class Episode:
-    """The state of one episode while it is generated: its records so far and where its turns are."""
-
-    def __init__(self, traj: Trajectory, max_turns: int, task: int, turn_starts: list[int] | None = None):
-        self.traj = traj
-        self.task = task                        # index of its task in generate's `tasks`
-        self.max_turns = max_turns              # cfg.max_turns + the prefix's extra_turns
-        self.turn_starts = turn_starts or [0]   # index in traj.token_ids where each turn began
-        self.tool_turns = traj.tool_turns()     # turns that made a call (for the post-tool gate)
-        self.future: cf.Future | None = None    # pending tool call
-        self.call_code = ""
-        self.boxed_in_turn = False              # the turn that made the pending call wrote \boxed{
-        self.done = False
-        self.topk_entropy: dict[int, float] = {}  # position -> top-k entropy proxy, only when a
-        #                                           branch policy asks (topk_logprobs; ARPO's code)
-
-    @classmethod
-    def start(cls, traj: Trajectory, cfg: "RolloutConfig", task: int, prefix: Prefix | None) -> "Episode":
-        if prefix is None:
-            return cls(traj, cfg.max_turns, task)
-        if len(prefix.token_ids) >= cfg.max_new_tokens:
-            raise ValueError(f"a prefix of {len(prefix.token_ids)} tokens leaves no room in "
-                             f"max_new_tokens={cfg.max_new_tokens}")
-        n = len(prefix.token_ids)
-        traj.token_ids, traj.turn_idx = list(prefix.token_ids), list(prefix.turn_idx)
-        traj.mask, traj.logprobs, traj.entropies, traj.post_tool = [0] * n, [0.0] * n, [0.0] * n, [0] * n
-        traj.tool_calls, traj.n_turns, traj.prefix_len = list(prefix.tool_calls), prefix.n_turns, n
-        return cls(traj, cfg.max_turns + prefix.extra_turns, task, list(prefix.turn_starts))
-
-    @property
-    def turn_start(self) -> int:
-        return self.turn_starts[-1]
-
-    @property
-    def waiting(self) -> bool:
-        return self.future is not None
-
-    def record(self, token: int, mask: int, logprob: float, entropy: float) -> None:
-        tr, turn = self.traj, self.traj.n_turns - 1
-        tr.token_ids.append(token)
-        tr.mask.append(mask)
-        tr.logprobs.append(logprob if mask else 0.0)
-        tr.entropies.append(entropy if mask else 0.0)
-        tr.turn_idx.append(turn)
-        tr.post_tool.append(post_tool_gate((mask,), (turn,), self.tool_turns)[0])
-
-    def end(self, reason: str) -> None:
-        self.done = True
-        self.traj.finish_reason = reason
-        self.traj.truncated = reason == "token_budget"
-
-    def next_turn(self) -> None:
-        self.traj.n_turns += 1
-        self.turn_starts.append(len(self.traj.token_ids))
-
-    def can_fork(self, pos: int, max_new_tokens: int) -> bool:
-        """May a new row continue from completion position pos? Only where the policy would sample
-        next: the prompt (0), a turn start, or after a sampled token of a live turn; never inside a
-        prefix, a tool call's observation, or after the episode's last token."""
-        tr, n = self.traj, len(self.traj.token_ids)
-        if pos == 0:
-            return True
-        if not tr.prefix_len <= pos <= n or pos >= max_new_tokens:
-            return False
-        if pos in self.turn_starts:
-            return True
-        if pos < n:
-            return tr.mask[pos - 1] == 1 and tr.mask[pos] == 1
-        return tr.mask[pos - 1] == 1 and not self.done and not self.waiting
-
-    def fork(self, pos: int, sample_idx: int, fresh_max_turns: int) -> "Episode":
-        """A copy of this episode's records up to pos (pos 0: a fresh episode from the prompt)."""
-        tr = self.traj
-        k = max(i for i, s in enumerate(self.turn_starts) if s <= pos) if pos else 0
-        child = replace(
-            tr, token_ids=tr.token_ids[:pos], mask=tr.mask[:pos], logprobs=tr.logprobs[:pos],
-            entropies=tr.entropies[:pos], turn_idx=tr.turn_idx[:pos], post_tool=tr.post_tool[:pos],
-            tool_calls=[c for c in tr.tool_calls if c.turn < k] if pos else [], n_turns=k + 1,
-            finish_reason="", truncated=False, void_turn=False, reward=None, text="",
-            sample_idx=sample_idx, parent=tr.sample_idx if pos else None,
-            branch_pos=pos if pos else None, prefix_len=tr.prefix_len if pos else 0)
-        ep = Episode(child, self.max_turns if pos else fresh_max_turns, self.task, self.turn_starts[:k + 1])
-        ep.topk_entropy = {i: h for i, h in self.topk_entropy.items() if i < pos}
-        return ep
 
 
 def stop_token_ids(tokenizer, model=None) -> set[int]:
@@ -449,7 +365,7 @@ class _Rollout:
             if proxy is not None:
                 row.topk_entropy[len(row.traj.token_ids) - 1] = proxy[j]
             self.stats.sampled_tokens += 1
-            if _after_sample(row, t, self.tok, self.cfg, self.stops, self.trigger, self.pool):
+            if after_sample(row, t, self.tok, self.cfg, self.stops, self.trigger, self.pool):
                 keep.append(s)
             if row.done:
                 bar.update(1)
@@ -466,7 +382,7 @@ class _Rollout:
         forced = {}
         for s in waiting:
             if self.rows[s].future.done():
-                obs = _finish_call(self.rows[s], self.tok, self.cfg, self.stats)
+                obs = finish_call(self.rows[s], self.tok, self.cfg, self.stats)
                 if obs:
                     forced[s] = obs
                 if self.rows[s].done:
@@ -502,114 +418,6 @@ class _Rollout:
             self.forward(dst, [[self.rows[s].traj.full_ids()[k]] for s, k in zip(dst, keep)])
 
 
-def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
-    """Length of the longest token-id prefix all seqs share, capped one short of the shortest
-    sequence: every sequence keeps >= 1 token of its own, whose logits start its sampling. Token
-    ids, not text: prompts that share text can still tokenise differently at the boundary."""
-    n = min(map(len, seqs)) - 1
-    for s in seqs[1:]:
-        n = next((i for i in range(n) if s[i] != seqs[0][i]), n)
-    return max(n, 0)
-
-
-Stage = tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]
-
-
-def prefix_tree_plan(seqs: Sequence[Sequence[int]]) -> list[Stage]:
-    """Prefill stages that feed every token prefix shared by several seqs only once.
-
-    Walks the token trie of seqs top-down. Each stage is (feeds, forks): feeds (i, a, b) append
-    seqs[i][a:b] to row i (one batched forward per stage), then forks (i, j, n) copy row i's first
-    n positions to row j. A group of seqs that share a prefix beyond what its rows hold is fed that
-    prefix in its first row and forked to the others, then splits by the next token; a group of one
-    is fed its remainder. Every seq's last feed ends at its last token (those logits start its
-    sampling), and the prefixes stop short of it (common_prefix_len). Few-shot prompts share the
-    system text, and tasks of one kind also share their demonstrations (tasks.select_demos).
-    """
-    stages, groups = [], [(list(range(len(seqs))), 0)]      # (members, tokens their rows hold)
-    while groups:
-        feeds, forks, nxt = [], [], []
-        for members, done in groups:
-            if len(members) == 1:
-                feeds.append((members[0], done, len(seqs[members[0]])))
-                continue
-            n = done + common_prefix_len([seqs[i][done:] for i in members])
-            if n > done:
-                feeds.append((members[0], done, n))
-                forks += [(members[0], j, n) for j in members[1:]]
-            by_next: dict = {}
-            for i in members:   # a seq that ends at n + 1 is a leaf of its own (an exact duplicate too)
-                by_next.setdefault(seqs[i][n] if len(seqs[i]) > n + 1 else ("end", i), []).append(i)
-            nxt += [(m, n) for m in by_next.values()]
-        if feeds:                       # (a group with nothing in common only splits)
-            stages.append((feeds, forks))
-        groups = nxt
-    return stages
-
-
-def _after_sample(row: Episode, token: int, tok, cfg: RolloutConfig, stops, trigger, pool) -> bool:
-    """Apply the episode rules after a sampled token. True = keep decoding this row."""
-    tr = row.traj
-    if token in stops and not cfg.ignore_eos:
-        turn_text = tok.decode(tr.token_ids[row.turn_start:], skip_special_tokens=True)
-        if has_boxed(turn_text):
-            row.end("boxed")
-        else:
-            tr.void_turn = True
-            row.end("void_turn" if cfg.tools else "eos")
-        return False
-    if cfg.tools and bool(trigger[token]):
-        turn_text = tok.decode(tr.token_ids[row.turn_start:], skip_special_tokens=True)
-        call = find_tool_call(turn_text, cfg.protocol)
-        if call is not None:
-            row.call_code = call.code
-            row.future = pool.submit(call.code)
-            row.boxed_in_turn = has_boxed(turn_text[:call.start])
-            return False
-    if len(tr.token_ids) >= cfg.max_new_tokens:
-        row.end("token_budget")
-        return False
-    return True
-
-
-def _finish_call(row: Episode, tok, cfg: RolloutConfig, stats: RolloutStats) -> list[int]:
-    """Turn a completed tool call into forced observation tokens and apply the turn-end rules."""
-    tr = row.traj
-    res = row.future.result()
-    row.future = None
-    obs = format_observation(res, cfg.protocol, max_chars=cfg.obs_max_chars)
-    ids = tok.encode(obs, add_special_tokens=False)
-    if len(ids) > cfg.obs_max_tokens:       # head + tail, as the character truncation
-        h = cfg.obs_max_tokens // 2
-        ids = ids[:h] + ids[-(cfg.obs_max_tokens - h):]
-        stats.obs_truncated += 1
-    room = cfg.max_new_tokens - len(tr.token_ids)
-    cut = len(ids) > room
-    ids = ids[:max(room, 0)]
-    valid = is_valid_call(res, silent_is_failure=cfg.silent_is_failure)
-    tr.tool_calls.append(ToolCall(
-        turn=tr.n_turns - 1, protocol=cfg.protocol, code=row.call_code, status=res.status,
-        stdout=res.stdout, stderr=res.stderr, duration_s=res.duration_s, tier=res.tier,
-        observation=tok.decode(ids), valid=valid))
-    row.tool_turns.add(tr.n_turns - 1)
-    stats.n_tool_calls += 1
-    stats.n_valid_calls += int(valid)
-    stats.forced_tokens += len(ids)
-    for t in ids:
-        row.record(t, 0, 0.0, 0.0)
-    if cut:
-        row.end("token_budget")
-    elif row.boxed_in_turn or has_boxed(res.stdout):
-        row.end("boxed")
-    elif tr.n_turns >= row.max_turns:
-        row.end("max_turns")
-    else:
-        row.next_turn()                     # the next turn starts after the observation
-        # the call's closing token was sampled but never fed to the model: feed it first
-        return [tr.token_ids[-len(ids) - 1]] + ids if ids else [tr.token_ids[-1]]
-    return []
-
-
 class _NoBar:
     def update(self, n):  # noqa: D401 - tiny stand-in when progress is off
         pass
@@ -627,49 +435,3 @@ def _progress(total: int, on: bool):
 
 def finish_counts(trajs: Sequence[Trajectory]) -> dict[str, int]:
     return dict(Counter(t.finish_reason for t in trajs))
-
-
-# ----------------------------------------------------------------------------------------------
-# Sample once into a run store, reuse after (notebooks 03 and 04 share one)
-
-
-def store_name(sources: list[str], n_per_source: int, group_size: int, max_new_tokens: int, seed: int = 1) -> str:
-    """The folder name of sample_or_load's store: the settings, so smoke and full size never mix."""
-    return f"nb_tool_{n_per_source * len(sources)}x{group_size}_{max_new_tokens}_s{seed}"
-
-
-def sample_or_load(sources: list[str], n_per_source: int, group_size: int, max_new_tokens: int,
-                   seed: int = 1, run_dir: str | Path | None = None, progress: bool = True
-                   ) -> tuple[list[Trajectory], Path]:
-    """Few-shot tool rollouts of the embedded model on held-out tasks, stored once and then reused.
-
-    The run store at `run_dir` (default: rundir.notebook_run_dir(store_name(...)), a folder named
-    after the settings under $TAO_LAB_RUN_DIR, else under runs/ next to the notebook) is read when
-    it has a step; otherwise the rollouts are sampled, scored and written there. Delete the folder
-    to sample anew. Returns (trajectories, run_dir).
-    """
-    from .records import RunStore
-    from .rundir import notebook_run_dir
-
-    run_dir = Path(run_dir or notebook_run_dir(store_name(sources, n_per_source, group_size, max_new_tokens, seed)))
-    store = RunStore(run_dir)
-    if store.steps():
-        trajs = store.read_step(store.steps()[0])
-        print(f"loaded {len(trajs)} stored trajectories from {run_dir}")
-        return trajs, run_dir
-
-    from .models import load_policy
-    from .rewards import score
-    from .tasks import load_tasks
-
-    model, tok = load_policy("smollm2-135m", lora=False)
-    tasks = [t for s in sources for t in load_tasks(s, split="test", limit=n_per_source)]
-    cfg = RolloutConfig(group_size=group_size, max_new_tokens=max_new_tokens, template="few_shot", seed=seed)
-    trajs, stats = generate(model.eval(), tok, tasks, cfg, progress=progress)
-    _, reward_metrics = score(trajs)
-    store.write_config({"sources": sources, "n_per_source": n_per_source, "rollout": cfg.__dict__})
-    store.write_step(0, trajs)
-    store.append_metrics({"step": 0, **stats.as_metrics(), **reward_metrics})
-    print(f"sampled {len(trajs)} episodes in {stats.wall_s:.0f} s "
-          f"({stats.sampled_tokens_per_s:.0f} sampled tokens/s); stored in {run_dir}")
-    return trajs, run_dir

@@ -20,7 +20,7 @@ Where the notebooks keep their runs — one meaning of the environment variable 
                          working directory, i.e. notebooks/runs/ when JupyterLab runs a notebook, so
                          the file browser shows them; runs/ is git-ignored)
     notebook_run_dir(n)  that folder / n: one named folder (03 and 04 share their rollout store by
-                         giving the same name, rollout.sample_or_load)
+                         giving the same name, stored_rollouts.sample_or_load)
     new_run_dir(n)       a fresh folder under it for a new training run (notebook 05):
                          runs/05_training/run_20261207-203600, so a second Run All never trips
                          `check_fresh` on the first run's folder

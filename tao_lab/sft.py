@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .interrupts import SignalGuard
-from .models import ModelConfig
+from .models import ModelConfig, load_model
 from .records import RunStore, Trajectory
 from .sft_data import SOURCES_HELP, load_examples
 from .toolcall import PROTOCOLS
@@ -170,7 +170,6 @@ class SFTRun:
     def __init__(self, cfg: SFTConfig, run_dir=None, *, model=None, tok=None,
                  examples: list[Trajectory] | None = None, write_config: bool = True):
         from .runinfo import git_revision, versions
-        from .trainer import load_model
 
         self.cfg = cfg
         self.store = RunStore(run_dir or cfg.out_dir)
@@ -321,8 +320,6 @@ def load_sft_policy(run_dir, model_cfg: ModelConfig | None = None, seed: int = 0
     `model_cfg` (the RL run's) must have the SFT run's adapter layout (lora_r, target_modules);
     default: the SFT run's own ModelConfig.
     """
-    from .trainer import load_model
-
     path = ckpt.latest_path(run_dir)
     if path is None:
         raise FileNotFoundError(f"no complete checkpoint under {Path(run_dir) / 'checkpoints'}")

@@ -13,7 +13,7 @@ sft.py trains on what this module builds; nothing here needs a model, only a tok
 (ET-Agent's flywheel hands its selected set to sft.SFTRun directly: et_agent_flywheel.sft_examples.)
 
 Choices, stated once:
-  - Observations are tokenised on their own, as the rollout does (rollout._finish_call), so an SFT
+  - Observations are tokenised on their own, as the rollout does (episode.finish_call), so an SFT
     example tokenises like the episode the policy would later sample, tool output included.
   - Demonstrations end with the tokenizer's end-of-sequence token (trainable, `SFTConfig.eos`): the
     rollout ends an episode only at EOS, so a policy that never learnt to stop would run on to the

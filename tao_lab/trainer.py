@@ -42,6 +42,9 @@ SIGTERM (interrupts.py), atomically. From the first optimizer step of an update 
 interrupt during the rollout or the forward/backward abandons the step, one after the optimizer
 step lets it finish first.
 
+The config (TrainConfig and its sections, its dict form, the config a resumed run continues with)
+is train_config.py; loading the policy and sampling from its merged adapter, models.py.
+
 Not covered: multi-GPU, sequence packing, vLLM, off-policy replay, value functions.
 """
 
@@ -54,8 +57,7 @@ import re
 import sys
 import time
 import warnings
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -66,144 +68,23 @@ import torch
 from . import checkpoint as ckpt
 from . import rundir
 from . import filters as filters_mod
-from .advantages import ShapingConfig
-from .config_changes import ConfigLog, apply_optim_changes, diff, replay
+from .config_changes import ConfigLog, apply_optim_changes
 from .config_changes import read as read_changes
 from .hooks import MethodHooks, PromptBatch, SeededStream
 from .interrupts import SignalGuard
-from .loss import LossConfig
-from .methods.arpo import ArpoConfig
-from .methods.e3tir import E3TIRConfig
-from .methods.et_agent import EtAgentConfig
-from .methods.toolexpander import ToolExpanderConfig
-from .models import ModelConfig, finish_policy, load_policy, load_tokenizer, tiny_model
-from .optim import OptimConfig, make_optimizer
+from .models import load_model, merged_adapter
+from .optim import make_optimizer
 from .records import RunStore, Trajectory
-from .rewards import RewardConfig, mark_correct, score
+from .rewards import mark_correct, score
 from .rollout import RolloutConfig, RolloutStats, generate
 from .runinfo import StageTimer, git_revision, memory_metrics, versions
-from .tasks import DEFAULT_TASKS
 from .telemetry import telemetry, trajectory_columns
-from .update import UpdateConfig, compute_advantages, update_policy
+from .train_config import TrainConfig, check_sampler, config_from_dict, config_to_dict, resumed_config
+from .update import compute_advantages, update_policy
 
-TINY_MODEL = "tiny-random"  # ModelConfig.name that builds a tiny random Llama in-process (tests)
 
 # ----------------------------------------------------------------------------------------------
-# Config: one dataclass per stage, composed in TrainConfig
-
-
-@dataclass
-class DataConfig:
-    """Which tasks feed training and evaluation, and how many per step."""
-
-    tasks: str = DEFAULT_TASKS       # tasks.load_tasks source: bundled name, JSONL path or hf:...
-    split: str | None = "train"      # training split (None for a JSONL file)
-    eval_tasks: str | None = None    # held-out source; None = same as `tasks`
-    eval_split: str | None = "test"  # held-out split
-    limit: int | None = None         # use only the first N training tasks
-    prompts_per_step: int = 4        # B: groups per update (the refill target of the filters)
-    oversample: float = 1.0          # prompts rolled out per step = ceil(B · oversample) (code: 2-3)
-
-    def __post_init__(self):
-        from . import checks
-
-        checks.number(self, "prompts_per_step", lo=1, integer=True)
-        checks.number(self, "oversample", lo=1, hi=100)         # 1 = no oversampling (code: 2-3)
-        checks.number(self, "limit", lo=1, integer=True, none_ok=True)
-        for name in ("tasks", "split", "eval_tasks", "eval_split"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value) or (name == "tasks" and value is None):
-                raise ValueError(f"DataConfig.{name}={value!r}: must be a non-empty string"
-                                 + ("" if name == "tasks" else " or None"))
-
-
-@dataclass
-class RunConfig:
-    """Length of the run, where it is stored, how often it is checkpointed."""
-
-    steps: int = 10                  # trainer steps in total (resume continues up to this)
-    out_dir: str = "runs/train"      # run store folder (config, metrics, steps, checkpoints)
-    save_every: int = 5              # checkpoint every N steps (and at the end, and on interrupt)
-    keep_checkpoints: int = 2        # newest complete checkpoints kept on disk
-    store_trajectories: bool = True  # write each step's trajectories (parquet) to the run store
-
-    def __post_init__(self):
-        from . import checks
-
-        checks.number(self, "steps", lo=0, integer=True)
-        checks.number(self, "save_every", lo=1, integer=True)
-        checks.number(self, "keep_checkpoints", lo=1, integer=True)
-        if not isinstance(self.out_dir, str) or not self.out_dir:
-            raise ValueError(f"RunConfig.out_dir={self.out_dir!r}: must be a non-empty path")
-        checks.flag(self, "store_trajectories")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; one field per stage. `seed` seeds every stage (see step_seed)."""
-
-    method: str = "tao"              # the arm (methods/arms.py ARMS sets its switches, HOOKS its hooks)
-    seed: int = 0                    # adapter init, task order, sampling and refill all derive from it
-    work: str = "equal_groups"       # what arms share per update: filters.WORK_MODES, step_filter_config
-    merge_for_rollout: bool = True   # sample from W + s·BA merged (3x fewer matmuls); base restored exactly after
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    filter: filters_mod.FilterConfig = field(default_factory=filters_mod.FilterConfig)
-    shaping: ShapingConfig = field(default_factory=ShapingConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    update: UpdateConfig = field(default_factory=UpdateConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    # the seed methods' own knobs (read only by their hooks; see tao_lab/methods/)
-    arpo: ArpoConfig = field(default_factory=ArpoConfig)
-    e3tir: E3TIRConfig = field(default_factory=E3TIRConfig)
-    et_agent: EtAgentConfig = field(default_factory=EtAgentConfig)
-    toolexpander: ToolExpanderConfig = field(default_factory=ToolExpanderConfig)
-
-    def __post_init__(self):
-        from . import checks
-
-        checks.choice(self, "work", filters_mod.WORK_MODES)
-        checks.number(self, "seed", lo=0, integer=True)
-
-
-def check_sampler(cfg: TrainConfig) -> None:
-    """A rollout that does not sample from the policy itself needs the off-policy correction.
-
-    An error, not a warning: without it the int8 sampler's log-probs would enter the loss as the
-    old log-probs, so the first pass's ratio would clip on quantisation noise and the gradient be
-    biased, silently. (Checked by the Trainer at start and at every step, not in TrainConfig, so
-    that `--set` overrides may name the two fields in either order.)"""
-    if cfg.rollout.quantize != "none" and cfg.update.is_correction == "none":
-        raise ValueError(f"rollout.quantize={cfg.rollout.quantize!r} samples from a quantised copy, not the "
-                         "policy: set update.is_correction='tis' (truncated importance sampling)")
-
-
-# The stage sections of TrainConfig and their dataclasses (used by config_from_dict and --set).
-SECTIONS: dict[str, type] = {
-    "model": ModelConfig, "data": DataConfig, "rollout": RolloutConfig, "reward": RewardConfig,
-    "filter": filters_mod.FilterConfig, "shaping": ShapingConfig, "loss": LossConfig,
-    "optim": OptimConfig, "update": UpdateConfig, "run": RunConfig,
-    "arpo": ArpoConfig, "e3tir": E3TIRConfig, "et_agent": EtAgentConfig, "toolexpander": ToolExpanderConfig,
-}
-
-
-def config_to_dict(cfg: TrainConfig) -> dict:
-    return asdict(cfg)
-
-
-def config_from_dict(d: dict) -> TrainConfig:
-    """Inverse of config_to_dict (lists become tuples where the dataclass wants them). A section a
-    stored config lacks (a run made before it existed) takes its defaults."""
-    kw = {"work": "equal_rollouts"}      # a stored config without `work` predates it: what it did
-    for f in fields(TrainConfig):
-        if f.name in SECTIONS:
-            kw[f.name] = SECTIONS[f.name](**d.get(f.name, {}))
-        elif f.name in d:
-            kw[f.name] = d[f.name]
-    return TrainConfig(**kw)
+# Per-step values derived from the config (TrainConfig: train_config.py)
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -222,34 +103,7 @@ def step_filter_config(cfg: TrainConfig, step: int) -> filters_mod.FilterConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# The policy and the rollout stage
-
-
-def can_merge(model) -> bool:
-    """A LoRA model whose adapter can be folded into its base weights exactly (not 4-bit ones)."""
-    if not hasattr(model, "base_model") or not hasattr(model.base_model, "merge_adapter"):
-        return False
-    return not any(type(m).__name__ in ("Linear4bit", "Linear8bitLt") for m in model.modules())
-
-
-@contextmanager
-def merged_adapter(model, enabled: bool = True):
-    """Sample from merged weights W + s·BA: one matmul per linear layer instead of three (base, A, B),
-    which on CPU more than halves a decode step of the embedded model. The base weights are copied
-    before and restored bit for bit after (peft's unmerge alone would leave W + Δ - Δ rounding)."""
-    if not (enabled and can_merge(model)):
-        yield False
-        return
-    bases = [m.base_layer.weight for m in model.modules() if hasattr(m, "base_layer") and hasattr(m, "lora_A")]
-    saved = [w.detach().clone() for w in bases]
-    model.base_model.merge_adapter()
-    try:
-        yield True
-    finally:
-        model.base_model.unmerge_adapter()
-        with torch.no_grad():
-            for w, orig in zip(bases, saved):
-                w.copy_(orig)
+# The rollout stage
 
 
 def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: int,
@@ -267,21 +121,6 @@ def rollout_stage(model, tok, tasks: Sequence, cfg: RolloutConfig, pool, seed: i
     with torch.no_grad(), merged_adapter(model, merge and cfg.quantize == "none"):
         return generate(model, tok, tasks if batch is None else batch.tasks, replace(cfg, seed=seed),
                         pool=pool, group_offset=group_offset, progress=progress, **extra)
-
-
-def load_model(cfg: ModelConfig, seed: int):
-    """(model, tokenizer) with LoRA seeded by the run seed; ModelConfig.name="tiny-random" builds a
-    tiny random Llama with the embedded tokenizer, in-process (test_tiny preset)."""
-    mcfg = replace(cfg, seed=seed)
-    if cfg.name == TINY_MODEL:
-        if cfg.load_in_4bit:
-            raise ValueError("a 4-bit tiny model must be saved to a folder first: tiny_model(...)"
-                             ".save_pretrained(path), then ModelConfig(name=path, load_in_4bit=True)")
-        tok = load_tokenizer()
-        model = tiny_model(vocab_size=len(tok), seed=seed)
-        from .models import pick_device
-        return finish_policy(model.to(pick_device(cfg.device)), mcfg), tok
-    return load_policy(mcfg)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -622,27 +461,6 @@ class Trainer:
         tr.store.truncate_after(tr.state.step)
         tr.resume_notes = plan.notes
         return tr
-
-
-def resumed_config(run_dir, saved_config: dict, step: int) -> TrainConfig:
-    """The config a run resumed after `step` continues with: the run's first config (config.json)
-    with the changes recorded up to step + 1 (the step it redoes) replayed, and the checkpoint's
-    run.steps; the checkpoint's config where the run has no config.json. A field changed after the
-    last recorded step never ran, so it is not carried over (a warning names it)."""
-    store = RunStore(run_dir)
-    first = store.read_config().get("train") if (store.path / "config.json").exists() else None
-    base = first if first is not None else saved_config
-    changes = [c for c in read_changes(run_dir) if c["step"] <= step + 1]
-    replayed = config_from_dict(replay(base, changes, step + 1))
-    # the run's length is the last invocation's (`tao-lab resume --steps N` lengthened it)
-    replayed.run.steps = config_from_dict(saved_config).run.steps
-    redone = {c["field"] for c in changes if c["step"] == step + 1} | {"run.steps"}   # after the checkpoint
-    unused = [c["field"] for c in diff(config_to_dict(config_from_dict(saved_config)), config_to_dict(replayed))
-              if c["field"] not in redone]
-    if first is not None and unused:
-        warnings.warn(f"resuming {run_dir} after step {step}: {unused} were changed after the last step that "
-                      f"ran and are not carried over (change them again on the resumed Trainer)", stacklevel=3)
-    return replayed
 
 
 def frame_of_logs(logs: Sequence[StepLog]) -> pd.DataFrame:

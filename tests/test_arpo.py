@@ -19,7 +19,8 @@ from tao_lab.hooks import PromptBatch
 from tao_lab.methods.arpo import (ArpoAdvantage, ArpoBranching, ArpoConfig, ArpoSource, arpo_branch_probability,
                                   build_hooks, topk_entropy, tree_token_advantages)
 from tao_lab.records import ToolCall, Trajectory, post_tool_gate
-from tao_lab.rollout import Episode, RolloutConfig, generate
+from tao_lab.episode import Episode
+from tao_lab.rollout import RolloutConfig, generate
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 from tao_lab.update import compute_advantages
 from test_rollout import T, teacher_forced_check

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 from runstore_fixture import make_run_store
-from tao_lab.rollout import store_name
+from tao_lab.stored_rollouts import store_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"

@@ -11,6 +11,7 @@ import torch
 from tao_lab import checkpoint as ckpt
 from tao_lab import trainer as T
 from tao_lab.evaluate import load_trained
+from tao_lab.train_config import config_from_dict
 from tao_lab.records import RunStore
 from train_helpers import adapter, alternating_reward, one_thread, tiny_cfg  # noqa: F401
 
@@ -127,4 +128,4 @@ def test_checkpoint_holds_adapter_optimizer_scheduler_rng_and_config(straight):
     assert {"adapter", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json", ckpt.MARKER} <= names
     assert (path / "adapter" / "adapter_model.safetensors").exists()
     state = ckpt.read_state(path)
-    assert T.config_from_dict(state["config"]).run.steps == 3
+    assert config_from_dict(state["config"]).run.steps == 3

@@ -48,7 +48,7 @@ def test_every_task_option_lists_the_bundled_sets_and_the_one_default():
 def test_rollout_eval_train_and_demo_default_to_one_task_set():
     from tao_lab.evaluate import EvalConfig
     from tao_lab.presets import make_config
-    from tao_lab.trainer import DataConfig
+    from tao_lab.train_config import DataConfig
 
     cmds = _subcommands()
     parsed = {c: cmds[c].get_default("tasks") for c in ("rollout", "eval", "demo")}

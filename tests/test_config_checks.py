@@ -12,7 +12,7 @@ from tao_lab.presets import apply_overrides, make_config
 from tao_lab.rewards import RewardConfig
 from tao_lab.rollout import RolloutConfig
 from tao_lab.optim import OptimConfig
-from tao_lab.trainer import DataConfig, RunConfig
+from tao_lab.train_config import DataConfig, RunConfig
 from tao_lab.update import UpdateConfig
 
 NAN, INF = float("nan"), float("inf")

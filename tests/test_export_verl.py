@@ -17,7 +17,7 @@ from tao_lab.export_verl import (NEVER_BINDS, FIXED, KNOBS, export_verl, flatten
 from tao_lab.methods.arms import ARMS, HOOKS
 from tao_lab.presets import make_config
 from tao_lab.records import RunStore
-from tao_lab.trainer import TrainConfig, config_to_dict
+from tao_lab.train_config import TrainConfig, config_to_dict
 
 # A value different from both TrainConfig's default and the test_tiny/tao config, for every knob.
 NON_DEFAULT = {

@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from tao_lab import config_changes
+from tao_lab import train_config as C
 from tao_lab import trainer as T
 from tao_lab.records import RunStore
 from tao_lab.cli import build_parser
@@ -24,11 +25,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_work_is_validated_and_an_old_config_without_it_reads_as_equal_rollouts():
     with pytest.raises(ValueError, match="TrainConfig.work='same'"):
-        T.TrainConfig(work="same")
-    d = T.config_to_dict(tiny_cfg(method="grpo"))
-    assert T.config_from_dict(d).work == "equal_groups"
+        C.TrainConfig(work="same")
+    d = C.config_to_dict(tiny_cfg(method="grpo"))
+    assert C.config_from_dict(d).work == "equal_groups"
     del d["work"]
-    assert T.config_from_dict(d).work == "equal_rollouts"
+    assert C.config_from_dict(d).work == "equal_rollouts"
 
 
 @pytest.mark.parametrize("method, work, refill", [

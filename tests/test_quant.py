@@ -13,6 +13,7 @@ from tao_lab import update as U
 from tao_lab.loss import LossConfig, policy_loss, truncated_is_weights
 from tao_lab.quant import Int8Linear, quantized_copy
 from tao_lab.rollout import RolloutConfig, generate
+from tao_lab.train_config import check_sampler
 from train_helpers import adapter, alternating_reward, one_thread, tiny_cfg  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,8 +64,8 @@ def test_the_int8_rollout_without_the_correction_is_refused():
     # (bad values of the two switches: tests/test_config_checks.py)
     cfg = tiny_cfg("rollout.quantize=int8")                 # either order of the two overrides is fine
     with pytest.raises(ValueError, match="is_correction='tis'"):
-        T.check_sampler(cfg)
-    T.check_sampler(replace(cfg, update=replace(cfg.update, is_correction="tis")))
+        check_sampler(cfg)
+    check_sampler(replace(cfg, update=replace(cfg.update, is_correction="tis")))
 
 
 @pytest.mark.smoke

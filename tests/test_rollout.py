@@ -7,7 +7,9 @@ import torch
 
 from fakes import ByteTokenizer, ScriptedPolicy
 from runstore_fixture import make_run_store, make_trajectories
-from tao_lab.rollout import RolloutConfig, common_prefix_len, generate, prefix_tree_plan, sample_or_load, store_name
+from tao_lab.prefix import common_prefix_len, prefix_tree_plan
+from tao_lab.rollout import RolloutConfig, generate
+from tao_lab.stored_rollouts import sample_or_load, store_name
 from tao_lab.sandbox import SandboxConfig, SandboxPool
 
 

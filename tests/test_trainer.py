@@ -10,9 +10,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from tao_lab import train_config as C
 from tao_lab import trainer as T
 from tao_lab import update as U
 from tao_lab.hooks import seeded_order
+from tao_lab.models import can_merge
 from tao_lab.optim import OptimConfig, make_optimizer
 from tao_lab.presets import apply_overrides, make_config
 from tao_lab.records import RunStore
@@ -159,7 +161,7 @@ def test_merged_lora_rollout_samples_like_the_adapter_and_restores_the_base_weig
     cfg = RolloutConfig(group_size=2, max_new_tokens=12, tools=False, template="zero_shot")
     plain, _ = T.rollout_stage(model, tok, tasks, cfg, None, seed=5, merge=False)
     merged, _ = T.rollout_stage(model, tok, tasks, cfg, None, seed=5, merge=True)
-    assert T.can_merge(model)
+    assert can_merge(model)
     assert [t.token_ids for t in plain] == [t.token_ids for t in merged]
     assert max(abs(a - b) for p, m in zip(plain, merged) for a, b in zip(p.logprobs, m.logprobs)) < 1e-4
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
@@ -227,7 +229,7 @@ def test_methods_set_the_switches_of_their_reading():
 
 def test_config_round_trips_through_its_dict():
     cfg = make_config("gpu_qlora", "tao_code", ["shaping.coef=0.2"])
-    assert T.config_from_dict(json.loads(json.dumps(T.config_to_dict(cfg)))) == cfg
+    assert C.config_from_dict(json.loads(json.dumps(C.config_to_dict(cfg)))) == cfg
 
 
 def test_qlora_memory_estimate_of_gpu_qlora_fits_an_8_gb_gpu():

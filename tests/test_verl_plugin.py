@@ -265,7 +265,7 @@ def _compose(config_dir: Path, name: str, overrides: list[str]):
 def _reaches_the_plugin(composed, cfg):
     from omegaconf import OmegaConf
     from tao_lab.export_verl import KNOBS, flatten, import_verl
-    from tao_lab.trainer import TrainConfig
+    from tao_lab.train_config import TrainConfig
     from verl.trainer.config import AlgoConfig
     from verl.utils.config import omega_conf_to_dataclass
 
@@ -310,7 +310,7 @@ def test_the_printed_launch_line_parses_through_bash_and_verls_own_entry_point(t
 
     import yaml
     from tao_lab.export_verl import KNOBS, command, export_verl, flatten, import_verl
-    from tao_lab.trainer import TrainConfig
+    from tao_lab.train_config import TrainConfig
 
     cfg = _tuned_run_config()
     script = command(export_verl(cfg), cfg).replace(".venv-verl/bin/python", sys.executable)

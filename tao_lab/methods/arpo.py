@@ -120,7 +120,7 @@ class Juncture:
 class ArpoBranching:
     """A branches.BranchPolicy for one batch: forks at tool junctures by ΔH, then fresh rows.
 
-    episodes[task] are rollout.Episode objects (.traj, .turn_starts, .done, .waiting); free[task]
+    episodes[task] are episode.Episode objects (.traj, .turn_starts, .done, .waiting); free[task]
     is how many rows the task still has. Every decision is recorded in `junctures`.
     """
 
@@ -140,7 +140,7 @@ class ArpoBranching:
             return float(np.mean([ep.traj.entropies[i] for i in positions]))
         rec = getattr(ep, "topk_entropy", None)
         if rec is None:
-            raise RuntimeError("entropy='top10_proxy' needs rollout.Episode.topk_entropy (rollout.py records "
+            raise RuntimeError("entropy='top10_proxy' needs episode.Episode.topk_entropy (rollout.py records "
                                "it when the branch policy sets topk_logprobs)")
         return float(sum(rec[i] for i in positions))     # [code] one bag over the k positions: a sum
 

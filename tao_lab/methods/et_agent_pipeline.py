@@ -52,7 +52,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def phase_flywheel(cfg, out: Path, fcfg, questions: int, progress: bool):
     from ..tasks import load_tasks
-    from ..trainer import load_model
+    from ..models import load_model
     from .et_agent_flywheel import Flywheel
 
     tasks = load_tasks(cfg.data.tasks, split=cfg.data.split, limit=cfg.data.limit)[:questions]

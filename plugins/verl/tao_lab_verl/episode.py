@@ -75,7 +75,7 @@ def _end(tr: Trajectory, reason: str) -> Trajectory:
 
 def _observation_ids(res: ExecResult, tok, cfg: EpisodeConfig) -> list[int]:
     ids = tok.encode(format_observation(res, cfg.protocol, max_chars=cfg.obs_max_chars), add_special_tokens=False)
-    if len(ids) > cfg.obs_max_tokens:  # head + tail, as tao_lab.rollout
+    if len(ids) > cfg.obs_max_tokens:  # head + tail, as tao_lab.episode.finish_call
         h = cfg.obs_max_tokens // 2
         ids = ids[:h] + ids[-(cfg.obs_max_tokens - h):]
     return ids
