@@ -119,12 +119,15 @@ def parse_spec(spec: str) -> tuple[str, ...]:
 
 
 def load_bfcl(spec: str = "bfcl", split: str = "train", wheel: str | Path | None = None) -> list:
-    """Tasks of the spec's categories in one split (category order, then file order)."""
+    """Tasks of the spec's categories in one split, the categories interleaved (one of each in turn,
+    file order within a category), so that the first N tasks (`--n 16`, a grid's eval_n, data.limit)
+    cover every category instead of only the first one."""
     if split not in ("train", "test"):
         raise ValueError(f"BFCL split {split!r}: 'train' or 'test'")
     wheel = wheel or fetch_wheel()
-    tasks = [to_task(r) for cat in parse_spec(spec) for r in read_category(wheel, cat)]
-    return [t for t in tasks if t.meta["split"] == split]
+    per_cat = [[t for t in map(to_task, read_category(wheel, cat)) if t.meta["split"] == split]
+               for cat in parse_spec(spec)]
+    return [c[i] for i in range(max(map(len, per_cat), default=0)) for c in per_cat if i < len(c)]
 
 
 def is_bfcl(task) -> bool:

@@ -43,6 +43,8 @@ def test_categories_load_from_the_zip_with_a_split_that_never_shares_a_question(
     assert {t.id for t in train} & {t.id for t in test} == set()
     assert len(train) + len(test) == sum(len(v) for v in bfcl.SAMPLE.values())
     assert all(bfcl.split_of(t.id) == "train" for t in train)           # a hash of the id: stable
+    cats = [t.meta["category"] for t in train]                           # interleaved, so a first-N
+    assert len(set(cats[:len(set(cats))])) == len(set(cats)) > 1         # (--n, eval_n) has every category
     t = next(t for t in train if t.id == "multiple_0")
     assert t.meta["category"] == "multiple" and len(t.meta["functions"]) == 2 and "stock_price" in t.prompt
     assert json.loads(t.answer) == t.meta["ground_truth"] and t.meta["system"] == bfcl.SYSTEM_PROMPT
