@@ -61,6 +61,11 @@ HELDOUT_METRICS = {
     "behaviour/insufficient_rate": "insufficient calls",
     "behaviour/length_per_correct": "tokens per correct answer",
     "behaviour/calls_per_correct": "calls per correct answer",
+    # ARPO's question on the held-out samples (explore.entropy_spike), computed here from the stored
+    # tokens, so that it is asked of the trained models too, not only the base
+    "entropy/after_tool_first8": "entropy of the first 8 tokens after tool output",
+    "entropy/first_turn_first8": "entropy of the first 8 tokens of the first turn",
+    "entropy/post_tool_spike": "post-tool entropy spike (after tool − first turn, nats)",
 }
 
 
@@ -129,12 +134,23 @@ def _arm_work(runs: pd.DataFrame) -> dict[str, str]:
     return runs.groupby("arm", sort=False)["work"].agg(lambda s: "+".join(sorted(set(s)))).to_dict()
 
 
+def _spike_metrics(eval_dir: Path) -> dict[str, float]:
+    from .explore import SPIKE_WINDOW, entropy_spike, token_table
+    store = RunStore(eval_dir)
+    if not store.steps():
+        return {}
+    sp = entropy_spike(token_table(store.read_step(0)), SPIKE_WINDOW)
+    return {"entropy/after_tool_first8": sp["after_tool"], "entropy/first_turn_first8": sp["first_turn"],
+            "entropy/post_tool_spike": sp["spike"]}
+
+
 def _eval_metrics(run_dir: Path) -> pd.DataFrame:
     rows = []
     for mfile in sorted((run_dir / "evals").glob("step_*/metrics.jsonl")):
         lines = mfile.read_text().splitlines()
         if lines:
             m, step = json.loads(lines[0]), int(mfile.parent.name.split("_")[1])
+            m = {**m, **_spike_metrics(mfile.parent)}
             rows += [{"step": step, "metric": k, "value": float(m[k])} for k in HELDOUT_METRICS
                      if m.get(k) is not None and np.isfinite(m[k])]
     return pd.DataFrame(rows, columns=["step", "metric", "value"])

@@ -271,6 +271,22 @@ def entropy_by_offset(tokens: pd.DataFrame, max_offset: int = 48, bin_width: int
     return g.loc[g["n"] >= min_count, ["segment", "offset", "mean", "sem", "lo", "hi", "n"]].reset_index(drop=True)
 
 
+SPIKE_WINDOW = 8   # tokens after a tool output ARPO's spike is read over; 8 fits 192-token episodes [recon]
+
+
+def entropy_spike(tokens: pd.DataFrame, window: int = SPIKE_WINDOW) -> dict[str, float]:
+    """ARPO's observation as three numbers: mean entropy of the first `window` sampled tokens of
+    turns that start right after a tool output, the same for first turns (the baseline at the same
+    offsets), and their difference (> 0: entropy rises after tool feedback). NaN where a side has no
+    tokens (e.g. no episode called a tool). `tokens`: token_table's frame."""
+    if window < 1:
+        raise ValueError(f"window={window} must be >= 1")
+    s = tokens[(tokens["mask"] == 1) & (tokens["offset"] < window)] if not tokens.empty else tokens
+    after = float(s.loc[s["segment"] == AFTER_TOOL, "entropy"].mean()) if not s.empty else math.nan
+    first = float(s.loc[s["segment"] == FIRST_TURN, "entropy"].mean()) if not s.empty else math.nan
+    return {"after_tool": after, "first_turn": first, "spike": after - first}
+
+
 def heatmap_frame(tokens: pd.DataFrame, max_cells: int = 4000, max_trajs: int = 64,
                   order_by: str = "reward") -> pd.DataFrame:
     """Trajectory × position bins: mean entropy of the sampled tokens of each bin.

@@ -124,6 +124,19 @@ def test_entropy_by_offset_reports_the_spike_after_tool_output_in_the_fixture(tr
     assert prof["n"].min() > 0
 
 
+def test_entropy_spike_is_the_after_tool_minus_first_turn_mean_over_the_window(trajs):
+    tok = explore.token_table(trajs)
+    sp = explore.entropy_spike(tok, window=4)
+    s = tok[(tok["mask"] == 1) & (tok["offset"] < 4)]
+    want = {seg: s.loc[s["segment"] == seg, "entropy"].mean() for seg in (explore.AFTER_TOOL, explore.FIRST_TURN)}
+    assert sp["after_tool"] == pytest.approx(want[explore.AFTER_TOOL]) and sp["spike"] > 0.5   # the fixture spikes
+    assert sp["spike"] == pytest.approx(want[explore.AFTER_TOOL] - want[explore.FIRST_TURN])
+    no_tools = explore.entropy_spike(tok[tok["segment"] == explore.FIRST_TURN])
+    assert math.isnan(no_tools["after_tool"]) and math.isnan(no_tools["spike"])
+    with pytest.raises(ValueError, match="window"):
+        explore.entropy_spike(tok, window=0)
+
+
 def test_heatmap_frame_widens_bins_to_stay_under_max_cells(trajs):
     heat = explore.heatmap_frame(explore.token_table(trajs), max_cells=200)
     assert len(heat) <= 200 and heat["width"].iloc[0] > 1
