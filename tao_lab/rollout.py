@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -432,6 +431,3 @@ def _progress(total: int, on: bool):
     from tqdm.auto import tqdm
     return tqdm(total=total, desc="episodes", unit="ep")
 
-
-def finish_counts(trajs: Sequence[Trajectory]) -> dict[str, int]:
-    return dict(Counter(t.finish_reason for t in trajs))

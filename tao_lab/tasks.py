@@ -38,7 +38,6 @@ import functools
 import json
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable

@@ -1,7 +1,6 @@
 """Loading the policy: embedded default, local folders, hub ids offline, LoRA and 4-bit QLoRA."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
