@@ -444,7 +444,7 @@ def test_phase_one_fine_tunes_on_the_flywheel_set_and_reports_behaviour_before_a
 
     fw = make_flywheel(pool, tmp_path / "flywheel").run()
     cfg = make_config("test_tiny", "et_agent")          # its tiny random Llama is the policy phase 1 trains
-    note = phase_sft(cfg, tmp_path, fw, ["batch_size=4"], progress=False)
+    note = phase_sft(cfg, tmp_path, fw, ["batch_size=4"], progress=False, heldout=2)
     sft = RunStore(tmp_path / "sft")
     assert [t.mask for t in sft.read_step(0)] == [t.mask for t in fw.sft_examples()]   # the demonstration masks
     assert len(sft.metrics()) == 3 and all(math.isfinite(x) for x in sft.metrics()["loss"])     # ceil(3 epochs x 3 examples / batch 4)
@@ -452,3 +452,6 @@ def test_phase_one_fine_tunes_on_the_flywheel_set_and_reports_behaviour_before_a
     report = json.loads((tmp_path / "phase1.json").read_text())
     assert report["before"]["accuracy"] == pytest.approx(1 / 3) and report["calls_before"] == {"0": 1, "2": 2}
     assert report["after"]["n"] == 3 and "accuracy" in note
+    held = report["heldout"]           # the held-out questions, never the flywheel's own, before and after
+    assert (held["tasks"], held["split"], held["n_tasks"], held["k"]) == ("arith-L1", "test", 2, 2)
+    assert held["before"]["n"] == held["after"]["n"] == 4 and "held-out (2 x 2)" in note

@@ -63,8 +63,32 @@ def phase_flywheel(cfg, out: Path, fcfg, questions: int, progress: bool):
     return fw, f"{n} correct demonstrations from {len(tasks)} questions"
 
 
-def phase_sft(cfg, out: Path, fw, sft_overrides: Sequence[str], progress: bool) -> str:
-    """Phase 1 and its before/after comparison; returns a note."""
+def _heldout_before_after(cfg, model, tok, n: int, k: int = 2) -> dict:
+    """Phase 1 on held-out questions (data.eval_tasks or data.tasks, eval_split): the policy with its
+    adapter switched off (the base the flywheel sampled from, unless model.init_adapter was set) and
+    with the SFT adapter. The flywheel's own questions are what the SFT saw; these are not."""
+    import torch
+
+    from ..behaviour import behaviour_metrics, calls_histogram
+    from ..evaluate import EvalConfig, evaluate
+    from ..tasks import load_tasks
+
+    ecfg = EvalConfig(tasks=cfg.data.eval_tasks or cfg.data.tasks, split=cfg.data.eval_split, limit=n, k=k,
+                      max_turns=cfg.rollout.max_turns, max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed)
+    held = load_tasks(ecfg.tasks, split=ecfg.split, limit=ecfg.limit)
+    with torch.no_grad(), model.disable_adapter():
+        before, mb = evaluate(model, tok, held, ecfg, cfg.rollout, reward=cfg.reward)
+    with torch.no_grad():
+        after, ma = evaluate(model, tok, held, ecfg, cfg.rollout, reward=cfg.reward)
+    return {"tasks": ecfg.tasks, "split": ecfg.split, "n_tasks": len(held), "k": k,
+            "before": behaviour_metrics(before), "after": behaviour_metrics(after),
+            "calls_before": calls_histogram(before), "calls_after": calls_histogram(after),
+            f"avg@{k}_before": mb[f"eval/avg@{k}"], f"avg@{k}_after": ma[f"eval/avg@{k}"]}
+
+
+def phase_sft(cfg, out: Path, fw, sft_overrides: Sequence[str], progress: bool, heldout: int = 16) -> str:
+    """Phase 1 and its before/after comparison (the flywheel's questions, and `heldout` held-out
+    questions x 2 samples; 0 skips those); returns a note."""
     from ..behaviour import behaviour_metrics, calls_histogram
     from ..rollout import generate
     from ..sft import SFTConfig, SFTRun, apply_overrides
@@ -89,10 +113,19 @@ def phase_sft(cfg, out: Path, fw, sft_overrides: Sequence[str], progress: bool) 
     mark_correct(after, cfg.reward)
     report = {"before": behaviour_metrics(before), "after": behaviour_metrics(after),
               "calls_before": calls_histogram(before), "calls_after": calls_histogram(after)}
+    if heldout and hasattr(run.model, "disable_adapter"):
+        report["heldout"] = _heldout_before_after(cfg, run.model, run.tok, heldout)
     (out / "phase1.json").write_text(json.dumps(report, indent=2, default=float))
     b, a = report["before"], report["after"]
-    return (f"accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}, calls/traj {b['calls_mean']:.2f} -> "
-            f"{a['calls_mean']:.2f}, success rate {b['success_exec_rate']:.3f} -> {a['success_exec_rate']:.3f}")
+    note = (f"flywheel questions: accuracy {b['accuracy']:.3f} -> {a['accuracy']:.3f}, calls/traj "
+            f"{b['calls_mean']:.2f} -> {a['calls_mean']:.2f}, success rate {b['success_exec_rate']:.3f} -> "
+            f"{a['success_exec_rate']:.3f}")
+    if "heldout" in report:
+        h = report["heldout"]
+        note += (f"; held-out ({h['n_tasks']} x {h['k']}): accuracy {h['before']['accuracy']:.3f} -> "
+                 f"{h['after']['accuracy']:.3f}, calls/traj {h['before']['calls_mean']:.2f} -> "
+                 f"{h['after']['calls_mean']:.2f}")
+    return note
 
 
 def phase_rl(cfg, out: Path, use_sft: bool, progress: bool) -> str:
@@ -114,7 +147,8 @@ def phase_rl(cfg, out: Path, use_sft: bool, progress: bool) -> str:
 
 
 def run_pipeline(out, preset: str = "cpu_demo", overrides: Sequence[str] = (), fcfg=None, questions: int = 16,
-                 sft_overrides: Sequence[str] = (), progress: bool = True, until: str = "rl") -> dict:
+                 sft_overrides: Sequence[str] = (), progress: bool = True, until: str = "rl",
+                 heldout: int = 16) -> dict:
     """Every phase not yet done, in order, up to and including `until`; returns OUT/pipeline.json's
     content. until="sft" stops after phase 1, so phase 2 can run elsewhere from OUT/sft (e.g. as a grid
     arm with model.init_adapter=OUT/sft, evaluated like every other arm)."""
@@ -143,7 +177,7 @@ def run_pipeline(out, preset: str = "cpu_demo", overrides: Sequence[str] = (), f
         elif phase == "sft":
             if fw is None:           # resumed after the flywheel finished: its buffers are on disk
                 fw, _ = phase_flywheel(cfg, out, fcfg, questions, progress)
-            note = phase_sft(cfg, out, fw, sft_overrides, progress)
+            note = phase_sft(cfg, out, fw, sft_overrides, progress, heldout)
         else:
             note = phase_rl(cfg, out, use_sft="skipped" not in state["notes"].get("sft", "skipped"), progress=progress)
         print(f"et-agent: {phase}: {note}", file=sys.stderr)
@@ -160,6 +194,8 @@ def add_arguments(p) -> None:
     p.add_argument("--init-samples", type=int, default=2, help="flywheel round-0 rollouts per question")
     p.add_argument("--sft-set", nargs="*", metavar="KEY=VALUE", help="SFTConfig overrides for phase 1, e.g. lr=5e-5")
     p.add_argument("--until", default="rl", choices=PHASES, help="last phase to run (sft: stop after phase 1)")
+    p.add_argument("--heldout", type=int, default=16,
+                   help="held-out questions (x 2 samples) phase 1 is judged on before and after (0: skip)")
     p.add_argument("--out", default="runs/et_agent", help="pipeline folder (one subfolder per phase)")
     p.add_argument("--quiet-bar", action="store_true", help="one line per step instead of a progress bar")
     p.set_defaults(fn=main)
@@ -171,7 +207,7 @@ def main(args) -> int:
     try:
         fcfg = FlywheelConfig(rounds=args.rounds, init_samples=args.init_samples)
         state = run_pipeline(args.out, args.preset, args.set or [], fcfg, args.questions, args.sft_set or [],
-                             progress=not args.quiet_bar, until=args.until)
+                             progress=not args.quiet_bar, until=args.until, heldout=args.heldout)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
