@@ -163,7 +163,8 @@ def run_trl(warmup: int, steps: int) -> dict:
 
 def _child(side: str, warmup: int, steps: int, out: str, threads: int | None, extra: list[str]) -> None:
     if threads:
-        torch.set_num_threads(threads)
+        from tao_lab import threads as thread_policy   # the library's policy (load_model applies it; a bare
+        thread_policy.apply(threads)                   # torch.set_num_threads was overridden by its auto choice)
     result = run_trl(warmup, steps) if side == "trl" else \
         run_tao_lab(warmup, steps, extra if side == "tao_lab_variant" else None)
     Path(out).write_text(json.dumps(result))

@@ -117,7 +117,8 @@ def main():
                     help="int8: add an arm sampling from the int8 copy of the model (quant.py)")
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        from tao_lab import threads      # through the library's policy: load_policy applies it, and a bare
+        threads.apply(args.threads)      # torch.set_num_threads here was overridden by its auto choice
     torch.manual_seed(0)
     model, tok = load_policy("smollm2-135m", lora=False)
     model.eval()
