@@ -177,8 +177,14 @@ def cmd_report(args) -> int:
 DEMO_MARK = ".tao_lab_demo"   # the demo clears only folders it made (or empty ones): nothing else is lost
 
 
+DEMO_OUT = "runs/demo"
+
+
 def _check_demo_folder(out: Path) -> None:
-    if out.exists() and any(out.iterdir()) and not (out / DEMO_MARK).exists():
+    from .rundir import started
+    # the default folder holding a run is an older version's demo (made before the marker existed)
+    older_demo = out == Path(DEMO_OUT) and started(out)
+    if out.exists() and any(out.iterdir()) and not (out / DEMO_MARK).exists() and not older_demo:
         raise ValueError(f"{out} is not empty and was not made by `tao-lab demo`; the demo clears its folder, "
                          f"so pass --out NEW_DIR (or remove {out} yourself)")
 
@@ -403,7 +409,7 @@ def _add_run_commands(sub, work_modes) -> None:
     d.add_argument("--eval-k", type=int, default=4, help="samples per held-out task")
     d.add_argument("--seed", type=int, default=0, help="run seed")
     d.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="extra config overrides")
-    d.add_argument("--out", default="runs/demo", 
+    d.add_argument("--out", default=DEMO_OUT, 
                    help="run folder (cleared first if an earlier demo made it: the demo starts fresh; "
                    "any other non-empty folder is refused)")
     d.set_defaults(fn=cmd_demo)

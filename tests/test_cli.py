@@ -118,6 +118,11 @@ def test_demo_clears_only_a_folder_an_earlier_demo_made(tmp_path, capsys, monkey
     (kept / cli.DEMO_MARK).write_text("")          # an earlier demo's folder: cleared, so the model is reached
     with pytest.raises(AssertionError, match="before the folder was checked"):
         cli.main(["demo", "--out", str(kept)])
+    monkeypatch.chdir(tmp_path)                    # the default folder holding a run: an older version's demo
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "config.json").write_text("{}")
+    with pytest.raises(AssertionError, match="before the folder was checked"):
+        cli.main(["demo"])
 
 
 @pytest.mark.smoke
